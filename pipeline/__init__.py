@@ -1,0 +1,1 @@
+"""Ray-free domain code of the Chatterbox TTS service: importable and testable without Ray."""

@@ -1,0 +1,1 @@
+"""Model engines behind small protocols; heavy imports happen inside the engine modules only."""

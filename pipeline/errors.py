@@ -1,0 +1,71 @@
+"""The one error type of the service: routes and pipeline steps raise, one handler formats.
+
+Every error the service reports has the JSON shape
+``{"success": false, "error": {"message", "type", "code", "param"}, "request_id"}``: the
+``error`` object is OpenAI's (so the official client surfaces ``message``), ``code`` is the
+reference server's upper-case error code.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status, a stable code and, where one field is at fault, its name."""
+
+    status_code: int = 500
+    code: str = "INTERNAL_ERROR"
+    error_type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, object]:
+        return {"message": self.message, "type": self.error_type, "code": self.code, "param": self.param}
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+    code = "VALIDATION_ERROR"
+    error_type = "invalid_request_error"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "RESOURCE_NOT_FOUND"
+    error_type = "invalid_request_error"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "CONFLICT"
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+    error_type = "invalid_request_error"
+
+
+class UnsupportedCapability(ServiceError):
+    """The active engine cannot do what the request asks (cloning on Piper, VC without Chatterbox)."""
+
+    status_code = 422
+    code = "CAPABILITY_UNSUPPORTED"
+    error_type = "invalid_request_error"
+
+
+class EngineUnavailable(ServiceError):
+    status_code = 503
+    code = "MODEL_LOAD_ERROR"
+    error_type = "server_error"
+
+
+class GenerationFailed(ServiceError):
+    status_code = 500
+    code = "GENERATION_ERROR"
+    error_type = "server_error"

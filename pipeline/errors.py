@@ -23,6 +23,10 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (Serve replica -> ingress); keep param and code on the way.
+        return (_rebuild, (type(self), self.message, self.param, self.code))
+
     def to_dict(self) -> dict[str, object]:
         return {"message": self.message, "type": self.error_type, "code": self.code, "param": self.param}
 
@@ -69,3 +73,7 @@ class GenerationFailed(ServiceError):
     status_code = 500
     code = "GENERATION_ERROR"
     error_type = "server_error"
+
+
+def _rebuild(cls: type[ServiceError], message: str, param: str | None, code: str) -> ServiceError:
+    return cls(message, param=param, code=code)

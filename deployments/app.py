@@ -1,0 +1,74 @@
+"""The app builder: typed args -> the bound pipeline graph. The only place that knows resources."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve import Application
+
+from deployments.chunker import Chunker
+from deployments.ingress import Ingress
+from deployments.postprocess import PostProcess
+from deployments.tts import TTS
+from deployments.validator import Validator
+from pipeline.settings import AppSettings, DeploymentSpec
+
+logger = logging.getLogger("ray.serve")
+
+STAGE_SPECS = ("ingress", "chunker", "tts", "validator", "postprocess")
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    settings = AppSettings.model_validate(args or {})
+    has_gpus = settings.accelerator == "gpu" or (settings.accelerator == "auto" and cluster_has_gpus())
+    settings = resolve_settings(settings, has_gpus)
+    payload = settings.model_dump()
+    chunker = _deployment(Chunker, "Chunker", settings.chunker).bind()
+    tts = _deployment(TTS, "TTS", settings.tts).bind(payload)
+    validator = _deployment(Validator, "Validator", settings.validator).bind(payload)
+    postprocess = _deployment(PostProcess, "PostProcess", settings.postprocess).bind()
+    return _deployment(Ingress, "Ingress", settings.ingress).bind(
+        chunker, tts, validator, postprocess, payload
+    )
+
+
+def resolve_settings(settings: AppSettings, has_gpus: bool) -> AppSettings:
+    """Specs fitted to the cluster, and data paths made absolute where the app is built.
+
+    Replicas may start in another working directory (a runtime_env working_dir is unpacked
+    elsewhere), so relative paths are resolved once, here.
+    """
+    if not has_gpus:
+        logger.warning(
+            "No GPUs in the Ray cluster: GPU deployments run on CPU with their cpu_fallback resources"
+        )
+    updates: dict[str, Any] = {name: getattr(settings, name).for_cluster(has_gpus) for name in STAGE_SPECS}
+    updates["voices_dir"] = str(Path(settings.voices_dir).expanduser().resolve())
+    updates["outputs_dir"] = str(Path(settings.outputs_dir).expanduser().resolve())
+    if settings.chatterbox.checkpoint_dir:
+        checkpoint_dir = str(Path(settings.chatterbox.checkpoint_dir).expanduser().resolve())
+        updates["chatterbox"] = settings.chatterbox.model_copy(update={"checkpoint_dir": checkpoint_dir})
+    return settings.model_copy(update=updates)
+
+
+def cluster_has_gpus() -> bool:
+    if not ray.is_initialized():
+        ray.init()
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _deployment(cls: type, name: str, spec: DeploymentSpec) -> Any:
+    options: dict[str, Any] = {
+        "name": name,
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+    }
+    if spec.autoscaling is not None:
+        options["autoscaling_config"] = spec.autoscaling
+    else:
+        options["num_replicas"] = spec.num_replicas
+    return serve.deployment(cls, **options)

@@ -1,0 +1,84 @@
+"""One error shape for every failure the API reports, schema errors included."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.errors import ServiceError
+
+logger = logging.getLogger("ray.serve")
+
+
+def error_response(
+    status_code: int, error: dict[str, object], request: Request, **extra: object
+) -> JSONResponse:
+    body = {"success": False, "error": error, "request_id": request.headers.get("x-request-id"), **extra}
+    return JSONResponse(status_code=status_code, content=body)
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(ServiceError)
+    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
+        # Errors raised in another replica arrive wrapped by Ray as a subclass that keeps the cause.
+        cause = getattr(error, "cause", error)
+        cause = cause if isinstance(cause, ServiceError) else error
+        if cause.status_code >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, cause.message)
+        return error_response(cause.status_code, cause.to_dict(), request)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        details = [
+            {
+                "param": _location(item.get("loc", ())),
+                "message": item.get("msg", ""),
+                "type": item.get("type", ""),
+            }
+            for item in error.errors()
+        ]
+        first = details[0] if details else {"param": None, "message": "invalid request"}
+        message = "; ".join(f"{item['param']}: {item['message']}" for item in details) or "invalid request"
+        return error_response(
+            422,
+            {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": "VALIDATION_ERROR",
+                "param": first["param"],
+            },
+            request,
+            details=details,
+        )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        return error_response(
+            error.status_code,
+            {"message": str(error.detail), "type": "invalid_request_error", "code": code, "param": None},
+            request,
+        )
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("%s %s failed unexpectedly", request.method, request.url.path)
+        return error_response(
+            500,
+            {
+                "message": f"internal error: {type(error).__name__}",
+                "type": "server_error",
+                "code": "INTERNAL_ERROR",
+                "param": None,
+            },
+            request,
+        )
+
+
+def _location(loc: tuple | list) -> str | None:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path")]
+    return ".".join(parts) or None

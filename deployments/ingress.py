@@ -1,0 +1,285 @@
+"""The HTTP API: FastAPI routes on Ray Serve. Routes parse and format; SpeechService does the work.
+
+No `from __future__ import annotations` here: FastAPI must resolve the route annotations at runtime.
+"""
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.calls import resilient
+from deployments.http_errors import install_error_handlers
+from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, OUTPUT_FORMATS, StreamingEncoder
+from pipeline.engines.base import EngineInfo
+from pipeline.errors import InvalidRequest
+from pipeline.graph import TTSPipeline
+from pipeline.outputs import OutputStore
+from pipeline.schemas import OPENAI_MODELS, OpenAISpeechRequest, OutputFile, TTSRequest, TTSResponse
+from pipeline.serving import SpeechResult, SpeechService, native_output_stem
+from pipeline.settings import AppSettings, DefaultsConfig
+from pipeline.voices import VoiceDirectory
+
+logger = logging.getLogger("ray.serve")
+
+VERSION = "0.1.0"
+AUDIO_RESPONSE_MODES = {"stream", "file", "download"}
+STAGES = ("Chunker", "TTS", "Validator", "PostProcess")
+
+api = FastAPI(
+    title="Chatterbox TTS Extended Plus on Ray Serve",
+    version=VERSION,
+    description="Text to speech with voice cloning, Whisper-validated generation and an OpenAI dialect.",
+)
+install_error_handlers(api)
+
+
+# Module helpers come before the class: serve.ingress snapshots the routes' globals when it decorates.
+
+
+def _engine_header(engine: EngineInfo) -> str:
+    return f"{engine.name}; model={engine.model}; device={engine.device}"
+
+
+def _result_headers(result: SpeechResult) -> dict[str, str]:
+    return {
+        "X-Engine": _engine_header(result.engine),
+        "X-Generation-Seed": str(result.seed),
+        "X-Sample-Rate": str(result.rendered.clip.sample_rate),
+        "X-Audio-Duration-Sec": f"{result.rendered.clip.duration_sec:.3f}",
+        "X-Processing-Time-Sec": f"{result.processing_time_sec:.3f}",
+        "X-Chunks": str(len(result.chunks)),
+        "X-Validation": "whisper" if result.validated else "bypassed",
+        "X-Chunks-Failed-Validation": str(result.failed_chunks),
+        "X-Candidates-Generated": str(sum(chunk.attempts for chunk in result.chunks)),
+    }
+
+
+async def _encoded_chunks(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncIterator[bytes]:
+    _, clip = first
+    encoder = StreamingEncoder(fmt, clip.sample_rate)
+    yield encoder.encode(clip)
+    async for _, clip in rest:
+        yield encoder.encode(clip)
+    yield encoder.close()
+
+
+async def _audio_stream(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncIterator[bytes]:
+    async for data in _encoded_chunks(first, rest, fmt):
+        if data:
+            yield data
+
+
+async def _sse_events(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncIterator[str]:
+    """OpenAI's speech SSE events: base64 audio deltas, then a done event."""
+    async for data in _encoded_chunks(first, rest, fmt):
+        if data:
+            event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield f"data: {json.dumps(event)}\n\n"
+    yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n"
+
+
+def _replica_states() -> dict[str, dict[str, int]]:
+    """Replica counts per state for each deployment of this app, from Serve's controller."""
+    try:
+        status = serve.status()
+    except Exception:  # health must answer even when the controller is briefly unreachable
+        logger.exception("serve.status() failed")
+        return {}
+    app_name = serve.get_replica_context().app_name
+    application = status.applications.get(app_name)
+    if application is None:
+        return {}
+    return {
+        name: {str(state): count for state, count in deployment.replica_states.items()}
+        for name, deployment in application.deployments.items()
+    }
+
+
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self,
+        chunker: DeploymentHandle,
+        tts: DeploymentHandle,
+        validator: DeploymentHandle,
+        postprocess: DeploymentHandle,
+        settings: dict,
+    ) -> None:
+        self._settings = AppSettings.model_validate(settings)
+        self._tts = tts
+        self._validator = validator
+        self._engine_info: EngineInfo | None = None
+        self._validator_info: dict[str, str] | None = None
+        self._pipeline = TTSPipeline(
+            split=resilient(chunker, "split"),
+            synthesize=resilient(tts, "synthesize"),
+            transcribe=resilient(validator, "transcribe"),
+            render=resilient(postprocess, "render"),
+        )
+        self._service = SpeechService(
+            self._pipeline,
+            VoiceDirectory(self._settings.voices_dir),
+            engine_info=self._tts_info,
+            validator_model=self._validator_model,
+            defaults=self._settings.defaults,
+        )
+        self._outputs = OutputStore(self._settings.outputs_dir)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Server defaults (validation threshold, OpenAI voice map, ...) change without a restart."""
+        merged = {**self._settings.defaults.model_dump(), **(user_config.get("defaults") or {})}
+        self._service.defaults = DefaultsConfig.model_validate(merged)
+
+    async def _tts_info(self) -> EngineInfo:
+        if self._engine_info is None:
+            self._engine_info = await self._tts.info.remote()
+        return self._engine_info
+
+    async def _validator_model(self) -> str:
+        if self._validator_info is None:
+            self._validator_info = await self._validator.info.remote()
+        return self._validator_info["model"]
+
+    @api.get("/", include_in_schema=False)
+    async def root(self) -> dict[str, Any]:
+        return {
+            "message": "Chatterbox TTS Extended Plus on Ray Serve",
+            "version": VERSION,
+            "endpoints": {
+                "api_docs": "/docs",
+                "health_check": "/api/v1/health",
+                "tts_generation": "/api/v1/tts",
+                "openai_speech": "/v1/audio/speech",
+            },
+        }
+
+    @api.get("/api/v1/health")
+    async def health(self) -> dict[str, Any]:
+        engine = await self._tts_info()
+        validator = self._validator_info or await self._validator.info.remote()
+        deployments = _replica_states()
+        healthy = all(state.get("RUNNING", 0) > 0 for state in deployments.values()) if deployments else True
+        return {
+            "status": "healthy" if healthy else "degraded",
+            "version": VERSION,
+            "engines": {
+                "tts": {
+                    "name": engine.name,
+                    "model": engine.model,
+                    "device": engine.device,
+                    "sample_rate": engine.sample_rate,
+                    "supports_cloning": engine.supports_cloning,
+                    **engine.details,
+                },
+                "validator": validator,
+            },
+            "deployments": deployments,
+        }
+
+    @api.post("/api/v1/tts", response_model=TTSResponse)
+    async def tts(
+        self,
+        request: TTSRequest,
+        response_mode: Annotated[
+            str, Query(description="stream|file|download return audio; url returns JSON")
+        ] = "stream",
+        return_format: Annotated[str | None, Query(description="Format of the audio body")] = None,
+    ) -> Response:
+        wants_audio = response_mode.lower() in AUDIO_RESPONSE_MODES
+        formats = list(dict.fromkeys(request.export_formats))
+        if return_format is not None:
+            return_format = return_format.lower()
+            if return_format not in OUTPUT_FORMATS:
+                raise InvalidRequest(
+                    f"return_format must be one of {', '.join(OUTPUT_FORMATS)}", param="return_format"
+                )
+            formats = [return_format, *(fmt for fmt in formats if fmt != return_format)]
+        job = await self._service.native_job(request, tuple(formats))
+        result = await self._service.run(job)
+        stored: list[dict[str, str]] = []
+        if not wants_audio or len(formats) > 1:
+            stored = self._outputs.save(
+                request.output_folder, native_output_stem(request), result.rendered.files
+            )
+        if not wants_audio:
+            return Response(
+                content=TTSResponse(
+                    output_files=[OutputFile(**item) for item in stored],
+                    generation_seed_used=result.seed,
+                    processing_time_seconds=round(result.processing_time_sec, 3),
+                    engine=result.engine.name,
+                    sample_rate=result.rendered.clip.sample_rate,
+                    duration_sec=round(result.rendered.clip.duration_sec, 3),
+                    validated=result.validated,
+                    chunks=result.chunk_reports(),
+                ).model_dump_json(),
+                media_type="application/json",
+                headers=_result_headers(result),
+            )
+        fmt = formats[0]
+        stem = stored[0]["filename"].rsplit(".", 1)[0] if stored else native_output_stem(request)
+        headers = _result_headers(result) | {
+            "Content-Disposition": f'attachment; filename="{stem}.{FILE_EXTENSIONS[fmt]}"'
+        }
+        alternatives = "|".join(f"{item['format']}:{item['url']}" for item in stored[1:])
+        if alternatives:
+            headers["X-Alternative-Formats"] = alternatives
+        return Response(content=result.rendered.files[fmt], media_type=MEDIA_TYPES[fmt], headers=headers)
+
+    @api.get("/outputs/{path:path}", include_in_schema=False)
+    async def output_file(self, path: str) -> FileResponse:
+        file_path = self._outputs.path_of(path)
+        fmt = next((fmt for fmt, ext in FILE_EXTENSIONS.items() if file_path.suffix == f".{ext}"), None)
+        return FileResponse(
+            file_path, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream") if fmt else None
+        )
+
+    @api.post("/v1/audio/speech")
+    async def openai_speech(self, request: OpenAISpeechRequest) -> Response:
+        job = await self._service.openai_job(request)
+        engine = await self._tts_info()
+        chunks = self._pipeline.stream(job)
+        # Wait for the first chunk before answering, so a failure still gets a proper error status.
+        first = await anext(chunks)
+        fmt = request.response_format
+        headers = {
+            "X-Engine": _engine_header(engine),
+            "X-Generation-Seed": str(job.params.seed),
+            "Content-Disposition": f'attachment; filename="speech.{FILE_EXTENSIONS[fmt]}"',
+        }
+        if request.stream_format == "sse":
+            return StreamingResponse(
+                _sse_events(first, chunks, fmt), media_type="text/event-stream", headers=headers
+            )
+        return StreamingResponse(
+            _audio_stream(first, chunks, fmt), media_type=MEDIA_TYPES[fmt], headers=headers
+        )
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": 0, "owned_by": "chatterbox-serve"}
+                for model in OPENAI_MODELS
+            ],
+        }
+
+    @api.get("/v1/audio/voices")
+    async def voices(self) -> dict[str, Any]:
+        return {
+            "voices": [
+                *(
+                    {"id": name, "name": name, "builtin": True}
+                    for name in self._service.defaults.openai_voices
+                ),
+                *({"id": name, "name": name, "builtin": False} for name in self._service.voice_names()),
+            ]
+        }

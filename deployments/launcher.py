@@ -1,0 +1,116 @@
+"""``make run``: a local Ray instance plus the Serve application from serve_config.yaml.
+
+Does what ``serve run config.yaml`` does (Serve has no public API to deploy a config dict
+in-process), plus a host/port override and a banner naming the active engines once ready.
+Tests use ``deploy_config`` too, so they exercise the same YAML as users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_private_api
+from ray.serve.schema import ServeDeploySchema
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_config(
+    path: str | Path,
+    host: str | None = None,
+    port: int | None = None,
+    args_override: dict[str, Any] | None = None,
+) -> ServeDeploySchema:
+    raw = yaml.safe_load(Path(path).read_text())
+    if host is not None:
+        raw.setdefault("http_options", {})["host"] = host
+    if port is not None:
+        raw.setdefault("http_options", {})["port"] = port
+    if args_override:
+        for application in raw["applications"]:
+            application["args"] = _deep_merge(application.get("args") or {}, args_override)
+    return ServeDeploySchema.model_validate(raw)
+
+
+def deploy_config(config: ServeDeploySchema, timeout_sec: float = 600) -> None:
+    """Start Serve with the config's HTTP options, deploy its apps, wait until they run."""
+    client = serve_private_api.serve_start(
+        http_options=config.http_options.model_dump(), proxy_location=config.proxy_location
+    )
+    client.deploy_apps(config, _blocking=False)
+    names = [application.name for application in config.applications]
+    deadline = time.monotonic() + timeout_sec
+    while time.monotonic() < deadline:
+        applications = serve.status().applications
+        states = {
+            name: applications[name].status if name in applications else "NOT_STARTED" for name in names
+        }
+        if all(state == "RUNNING" for state in states.values()):
+            return
+        failed = {
+            name: applications[name].message for name, state in states.items() if state == "DEPLOY_FAILED"
+        }
+        if failed:
+            raise RuntimeError(f"deployment failed: {failed}")
+        time.sleep(1)
+    raise TimeoutError(f"applications not running after {timeout_sec:.0f} s: {states}")
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """A local Ray instance whose workers can import this repo, without usage stats or dashboard."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(namespace="serve", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(REPO_ROOT / "serve_config.yaml"))
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
+    options = parser.parse_args()
+
+    config = load_config(options.config, options.host, options.port)
+    init_ray(options.num_cpus)
+    deploy_config(config)
+    base_url = f"http://{options.host}:{options.port}"
+    with urllib.request.urlopen(f"{base_url}/api/v1/health", timeout=60) as response:
+        health = json.load(response)
+    engines = health["engines"]
+    print(
+        f"\nChatterbox TTS is serving at {base_url}  (docs: {base_url}/docs)\n"
+        f"  TTS engine: {engines['tts']['name']} ({engines['tts']['model']}) on {engines['tts']['device']}\n"
+        f"  Validator:  {engines['validator']['model']} on {engines['validator']['device']}\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The TTS request flow, written against async callables.
+
+In production the callables are Serve DeploymentHandle calls (chunker, TTS, validator,
+post-processing replicas); in unit tests they are plain coroutines. Chunks of one request run
+concurrently, so chunk k is validated while chunk k+1 is still being synthesised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from pipeline.clip import AudioClip
+from pipeline.engines.base import SynthesisParams, VoiceRef
+from pipeline.errors import GenerationFailed, ServiceError
+from pipeline.postprocess import PostProcessOptions
+from pipeline.rendering import RenderedAudio
+from pipeline.text import TextOptions
+from pipeline.validation import CandidateResult, pick_candidate, score_transcript
+
+logger = logging.getLogger(__name__)
+
+SplitFn = Callable[[str, TextOptions], Awaitable[list[str]]]
+SynthesizeFn = Callable[[str, VoiceRef | None, SynthesisParams], Awaitable[AudioClip]]
+TranscribeFn = Callable[[AudioClip], Awaitable[str]]
+RenderFn = Callable[[list[AudioClip], PostProcessOptions, tuple[str, ...]], Awaitable[RenderedAudio]]
+
+# Seeds of further candidates and rounds are derived from the request's seed, so one seed
+# reproduces the whole result; the odd multiplier spreads them over the 32-bit range.
+_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """How hard to try per chunk (factsheet §14, made to actually run)."""
+
+    num_candidates: int = 1
+    max_attempts: int = 1
+    validate: bool = False
+    threshold: float = 0.85
+    use_longest_transcript_on_fail: bool = True
+
+
+@dataclass(frozen=True)
+class TTSJob:
+    text: str
+    text_options: TextOptions
+    voice: VoiceRef | None
+    params: SynthesisParams
+    policy: QualityPolicy
+    post: PostProcessOptions
+    formats: tuple[str, ...] = ("wav",)
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    index: int
+    text: str
+    chosen: CandidateResult
+    passed: bool
+    attempts: int
+    fallback: str | None
+
+    @property
+    def audio(self) -> AudioClip:
+        assert self.chosen.audio is not None
+        return self.chosen.audio
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    rendered: RenderedAudio
+    chunks: list[ChunkOutcome]
+
+
+def candidate_seed(base_seed: int, round_index: int, candidate_index: int, num_candidates: int) -> int:
+    """Candidate 0 of round 0 uses the request's seed, as the reference does; the rest derive from it."""
+    offset = round_index * num_candidates + candidate_index
+    if offset == 0:
+        return base_seed
+    return (base_seed + _SEED_STRIDE * offset) % (2**32 - 1) + 1
+
+
+class TTSPipeline:
+    def __init__(
+        self, split: SplitFn, synthesize: SynthesizeFn, transcribe: TranscribeFn, render: RenderFn
+    ) -> None:
+        self._split = split
+        self._synthesize = synthesize
+        self._transcribe = transcribe
+        self._render = render
+
+    async def run(self, job: TTSJob) -> PipelineResult:
+        chunks = await self._split(job.text, job.text_options)
+        outcomes = await asyncio.gather(
+            *(self.generate_chunk(index, text, job) for index, text in enumerate(chunks))
+        )
+        rendered = await self._render([outcome.audio for outcome in outcomes], job.post, job.formats)
+        return PipelineResult(rendered=rendered, chunks=list(outcomes))
+
+    async def stream(self, job: TTSJob) -> AsyncIterator[tuple[ChunkOutcome, AudioClip]]:
+        """Yield each chunk, post-processed on its own, in order, as soon as it and those before are ready.
+
+        All chunks are started at once; only the yielding waits for order. Whole-file steps
+        (trim of the ends, loudness) are applied per chunk here, which the caller must accept.
+        """
+        chunks = await self._split(job.text, job.text_options)
+        tasks = [
+            asyncio.create_task(self.generate_chunk(index, text, job)) for index, text in enumerate(chunks)
+        ]
+        try:
+            for task in tasks:
+                outcome = await task
+                rendered = await self._render([outcome.audio], job.post, ())
+                yield outcome, rendered.clip
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def generate_chunk(self, index: int, text: str, job: TTSJob) -> ChunkOutcome:
+        """Rounds of candidates until one passes or the attempts run out, then pick per policy."""
+        policy = job.policy
+        candidates: list[CandidateResult] = []
+        for round_index in range(policy.max_attempts):
+            round_results = await asyncio.gather(
+                *(
+                    self._candidate(text, job, round_index, candidate_index)
+                    for candidate_index in range(policy.num_candidates)
+                )
+            )
+            candidates.extend(round_results)
+            if any(_passes(candidate, policy) for candidate in round_results):
+                break
+        chosen, passed = pick_candidate(
+            candidates,
+            threshold=policy.threshold,
+            validated=policy.validate,
+            use_longest_transcript_on_fail=policy.use_longest_transcript_on_fail,
+        )
+        if chosen is None:
+            errors = sorted({candidate.error or "no audio" for candidate in candidates})
+            raise GenerationFailed(
+                f"chunk {index} ({text[:60]!r}) produced no audio after {len(candidates)} tries: "
+                + "; ".join(errors)
+            )
+        fallback = None
+        if not passed:
+            fallback = "longest_transcript" if policy.use_longest_transcript_on_fail else "highest_score"
+            logger.warning(
+                "chunk %d failed validation; fell back to %s (score %s)", index, fallback, chosen.score
+            )
+        return ChunkOutcome(index, text, chosen, passed, attempts=len(candidates), fallback=fallback)
+
+    async def _candidate(
+        self, text: str, job: TTSJob, round_index: int, candidate_index: int
+    ) -> CandidateResult:
+        seed = candidate_seed(job.params.seed, round_index, candidate_index, job.policy.num_candidates)
+        result = CandidateResult(
+            audio=None,
+            seed=seed,
+            round_index=round_index,
+            candidate_index=candidate_index,
+            transcript=None,
+            score=None,
+            error=None,
+        )
+        try:
+            audio = await self._synthesize(text, job.voice, replace(job.params, seed=seed))
+        except ServiceError as error:
+            if error.status_code < 500:
+                raise
+            return replace(result, error=f"synthesis failed: {error.message}")
+        except Exception as error:  # a model failure on one candidate must not sink the request
+            logger.exception("synthesis of a candidate failed")
+            return replace(result, error=f"synthesis failed: {error}")
+        result = replace(result, audio=audio)
+        if not job.policy.validate:
+            return result
+        try:
+            transcript = await self._transcribe(audio)
+        except Exception:
+            # The audio exists but could not be checked: it can still be picked as a fallback.
+            logger.exception("transcription of a candidate failed")
+            return replace(result, score=0.0)
+        return replace(result, transcript=transcript, score=score_transcript(text, transcript))
+
+
+def _passes(candidate: CandidateResult, policy: QualityPolicy) -> bool:
+    if not candidate.ok:
+        return False
+    return not policy.validate or (candidate.score is not None and candidate.score >= policy.threshold)

@@ -1,0 +1,67 @@
+"""Generated files kept under the outputs directory, for responses that hand out URLs."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from pipeline.audio import FILE_EXTENSIONS
+from pipeline.errors import InvalidRequest, NotFound
+
+_FOLDER_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+
+
+class OutputStore:
+    def __init__(self, root: str | Path, url_prefix: str = "/outputs") -> None:
+        self.root = Path(root).resolve()
+        self.url_prefix = url_prefix
+
+    def save(self, folder: str | None, stem: str, files: dict[str, bytes]) -> list[dict[str, str]]:
+        """Write every file atomically (temp file + rename): a reader never sees half a file."""
+        directory = self.root.joinpath(*self._folder_parts(folder))
+        directory.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for fmt, data in files.items():
+            filename = f"{stem}.{FILE_EXTENSIONS[fmt]}"
+            handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".partial-")
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            os.replace(temp_path, directory / filename)
+            relative = (directory / filename).relative_to(self.root).as_posix()
+            saved.append({"format": fmt, "filename": filename, "url": f"{self.url_prefix}/{relative}"})
+        return saved
+
+    def path_of(self, relative: str) -> Path:
+        parts = PurePosixPath(relative).parts
+        if not parts or ".." in parts or PurePosixPath(relative).is_absolute():
+            raise NotFound(f"no output file {relative!r}")
+        path = self.root.joinpath(*parts)
+        if (
+            not path.is_file()
+            or path.name.startswith(".partial-")
+            or not path.resolve().is_relative_to(self.root)
+        ):
+            raise NotFound(f"no output file {relative!r}")
+        return path
+
+    @staticmethod
+    def _folder_parts(folder: str | None) -> list[str]:
+        if not folder:
+            return []
+        parts = [part for part in folder.replace("\\", "/").split("/") if part]
+        for part in parts:
+            if part in (".", "..") or not _FOLDER_PART.match(part):
+                raise InvalidRequest(
+                    f"invalid project folder {folder!r}: use letters, digits, spaces, '_', '-', '.'",
+                    param="project",
+                )
+        return parts
+
+
+def output_stem(kind: str, parts: list[str], now: datetime | None = None) -> str:
+    """The reference's naming: ``tts_<YYYY-MM-DD_HHMMSS>_<microseconds>_<parts>``."""
+    now = now or datetime.now(UTC)
+    return f"{kind}_{now:%Y-%m-%d_%H%M%S}_{now:%f}_{'_'.join(parts) or 'default'}"

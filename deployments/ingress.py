@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -187,6 +187,7 @@ class Ingress:
     async def tts(
         self,
         request: TTSRequest,
+        http_request: Request,
         response_mode: Annotated[
             str, Query(description="stream|file|download return audio; url returns JSON")
         ] = "stream",
@@ -205,8 +206,10 @@ class Ingress:
         result = await self._service.run(job)
         stored: list[dict[str, str]] = []
         if not wants_audio or len(formats) > 1:
+            # Behind a Serve route prefix the outputs route lives under it (Serve sets root_path).
+            url_prefix = f"{http_request.scope.get('root_path', '')}/outputs"
             stored = self._outputs.save(
-                request.output_folder, native_output_stem(request), result.rendered.files
+                request.output_folder, native_output_stem(request), result.rendered.files, url_prefix
             )
         if not wants_audio:
             return Response(

@@ -15,12 +15,16 @@ _FOLDER_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
 
 class OutputStore:
-    def __init__(self, root: str | Path, url_prefix: str = "/outputs") -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
-        self.url_prefix = url_prefix
 
-    def save(self, folder: str | None, stem: str, files: dict[str, bytes]) -> list[dict[str, str]]:
-        """Write every file atomically (temp file + rename): a reader never sees half a file."""
+    def save(
+        self, folder: str | None, stem: str, files: dict[str, bytes], url_prefix: str = "/outputs"
+    ) -> list[dict[str, str]]:
+        """Write every file atomically (temp file + rename): a reader never sees half a file.
+
+        ``url_prefix`` is where the app serves the outputs folder (behind its Serve route prefix).
+        """
         directory = self.root.joinpath(*self._folder_parts(folder))
         directory.mkdir(parents=True, exist_ok=True)
         saved = []
@@ -31,7 +35,7 @@ class OutputStore:
                 stream.write(data)
             os.replace(temp_path, directory / filename)
             relative = (directory / filename).relative_to(self.root).as_posix()
-            saved.append({"format": fmt, "filename": filename, "url": f"{self.url_prefix}/{relative}"})
+            saved.append({"format": fmt, "filename": filename, "url": f"{url_prefix}/{relative}"})
         return saved
 
     def path_of(self, relative: str) -> Path:

@@ -6,7 +6,7 @@ honoured or rejected with a 4xx naming it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -153,6 +153,10 @@ class ChunkReport(BaseModel):
     transcript: str | None = None
     seed: int
     duration_sec: float
+    engine_metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the engine reports: speech tokens, stop reason, cache hit, timings.",
+    )
 
 
 class OutputFile(BaseModel):

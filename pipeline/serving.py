@@ -24,6 +24,7 @@ from pipeline.voices import VoiceDirectory
 
 # The reference caps exaggeration at 1.0 although it accepts up to 2.0 (factsheet §3).
 MAX_EFFECTIVE_EXAGGERATION = 1.0
+OPENAI_SAMPLE_RATE = 24_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class SpeechResult:
                 transcript=chunk.chosen.transcript,
                 seed=chunk.chosen.seed,
                 duration_sec=round(chunk.chosen.duration_sec, 3),
+                engine_metadata=chunk.audio.metadata,
             )
             for chunk in self.chunks
         ]
@@ -139,7 +141,8 @@ class SpeechService:
                 validate=self.defaults.openai_validate,
                 threshold=self.defaults.validation_threshold,
             ),
-            post=PostProcessOptions(speed_factor=request.speed),
+            # OpenAI's speech endpoint answers at 24 kHz (its pcm format is defined as 24 kHz s16le).
+            post=PostProcessOptions(speed_factor=request.speed, output_sample_rate=OPENAI_SAMPLE_RATE),
             formats=(request.response_format,),
         )
 

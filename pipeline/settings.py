@@ -78,6 +78,14 @@ class ChatterboxConfig(_Section):
     download: bool = Field(True, description="engine=auto may download from the Hugging Face hub.")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     conditioning_cache_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(
+        1000, ge=1, description="Hard cap on speech tokens per chunk (25 tokens = 1 s)."
+    )
+    speech_tokens_per_char: float = Field(
+        2.5,
+        gt=0,
+        description="Per-chunk cap = len(text) * this + 1 s; random-weight T3 never stops by itself.",
+    )
 
 
 class PiperConfig(_Section):

@@ -45,22 +45,69 @@ def serve_instance() -> Iterator[int]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def piper_app(serve_instance: int, data_dirs: dict[str, Path]) -> str:
-    """The offline default app, deployed from serve_config.yaml (engine pinned to Piper)."""
-    from deployments.launcher import deploy_config, load_config
+def piper_app_config(port: int, data_dirs: dict[str, Path]):
+    """The offline default app from serve_config.yaml, engine pinned to Piper."""
+    from deployments.launcher import load_config
 
-    config = load_config(
+    return load_config(
         REPO_ROOT / "serve_config.yaml",
-        port=serve_instance,
+        port=port,
         args_override={
             "engine": "piper",
             "voices_dir": str(data_dirs["voices"]),
             "outputs_dir": str(data_dirs["outputs"]),
         },
     )
-    deploy_config(config)
+
+
+@pytest.fixture(scope="session")
+def piper_app(serve_instance: int, data_dirs: dict[str, Path]) -> str:
+    from deployments.launcher import deploy_config
+
+    deploy_config(piper_app_config(serve_instance, data_dirs))
     return f"http://127.0.0.1:{serve_instance}"
+
+
+@pytest.fixture(scope="session")
+def chatterbox_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Chatterbox checkpoint in upstream's layout, loaded through the real code path."""
+    from tests.chatterbox_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("chatterbox-checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def chatterbox_app(
+    serve_instance: int, data_dirs: dict[str, Path], chatterbox_checkpoint: Path, piper_app: str
+) -> str:
+    """A second app of the same serve_config.yaml at /cbx, serving the random Chatterbox checkpoint.
+
+    Deployed beside the Piper app (Serve deploys declaratively: the unchanged Piper app stays).
+    Chunks are capped at 1 s of speech: full-size S3Gen costs ~7 s of CPU per second of audio.
+    """
+    from deployments.launcher import deploy_config, load_config
+
+    piper = piper_app_config(serve_instance, data_dirs)
+    chatterbox = load_config(
+        REPO_ROOT / "serve_config.yaml",
+        port=serve_instance,
+        args_override={
+            "engine": "chatterbox",
+            "chatterbox": {
+                "checkpoint_dir": str(chatterbox_checkpoint),
+                "max_new_tokens": 25,
+                "download": False,
+            },
+            "voices_dir": str(data_dirs["voices"]),
+            "outputs_dir": str(data_dirs["outputs"]),
+            "tts": {"max_ongoing_requests": 8},
+        },
+    )
+    application = chatterbox.applications[0].model_copy(
+        update={"name": "chatterbox-random", "route_prefix": "/cbx"}
+    )
+    deploy_config(piper.model_copy(update={"applications": [*piper.applications, application]}))
+    return f"http://127.0.0.1:{serve_instance}/cbx"
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,8 @@ def _chatterbox(settings: AppSettings) -> TTSEngine:
         dtype=config.dtype,
         cpu_threads=settings.tts.threads(),
         conditioning_cache_size=config.conditioning_cache_size,
+        max_new_tokens_cap=config.max_new_tokens,
+        speech_tokens_per_char=config.speech_tokens_per_char,
     )
     if settings.engine == "auto" and chatterbox_weights_available(engine_settings) is None:
         if not config.download:

@@ -8,10 +8,10 @@ import av
 import numpy as np
 import pyloudnorm
 import pytest
-from pipeline.audio import decode_audio
-from pipeline.validation import score_transcript
 
+from pipeline.audio import decode_audio
 from pipeline.clip import AudioClip
+from pipeline.validation import score_transcript
 
 pytestmark = pytest.mark.slow
 
@@ -169,8 +169,10 @@ def test_openai_client_gets_speech_in_every_format(piper_app, transcriber):
             model="tts-1", voice="alloy", input=ONE_SENTENCE, response_format=fmt
         ) as response:
             data = response.read()
-        audio = decode_any(data, fmt, 22050)
+        audio = decode_any(data, fmt, 24_000)  # OpenAI's pcm is 24 kHz s16le
         assert 2.0 < audio.duration_sec < 8.0, fmt
+        if fmt in ("wav", "flac"):
+            assert audio.sample_rate == 24_000, "OpenAI's speech endpoint answers at 24 kHz"
         assert_speaks(transcriber, audio, ONE_SENTENCE)
     mp3 = client.audio.speech.create(model="gpt-4o-mini-tts", voice="nova", input="Hello there.")
     assert container_format(mp3.content) == "mp3"

@@ -1,0 +1,291 @@
+"""The Chatterbox TTS engine: voice cloning on upstream's T3 + S3Gen, safe for concurrent requests.
+
+Upstream's ``ChatterboxTTS.generate`` stores the request's voice on the shared model (concurrent
+requests leak voices into each other), samples from torch's global RNG (a seed reproduces nothing
+under concurrency), always watermarks and lets every chunk run to 1000 speech tokens (40 s). This
+engine keeps the model read-only: each request gets its own conditioning (cached per voice), its
+own ``torch.Generator``, a token cap from its text length, and the watermark only when asked.
+
+Importing this module is cheap; torch and chatterbox (~18 s) load in :meth:`ChatterboxEngine.load`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.clip import AudioClip
+from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
+from pipeline.engines.chatterbox_cache import ConditioningCache
+from pipeline.engines.chatterbox_loading import find_checkpoint, resolve_checkpoint
+from pipeline.errors import EngineUnavailable, GenerationFailed, InvalidRequest, UnsupportedCapability
+
+if TYPE_CHECKING:
+    from pipeline.engines.chatterbox_model import ChatterboxModel, SpeakerConditioning
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24_000
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("float32", "float16", "bfloat16")
+
+# T3 emits 25 speech tokens per second of audio. English read speech runs at about 15 characters
+# (spaces and punctuation included) per second; 2.5 tokens per character leaves room for 10
+# characters per second, i.e. slow, pause-rich speech, before the cap cuts a chunk short.
+DEFAULT_SPEECH_TOKENS_PER_CHAR = 2.5
+# Room for leading/trailing silence and for very short texts ("Hi."): one second of tokens.
+SPEECH_TOKEN_MARGIN = 25
+
+# The reference server gives the model min(exaggeration, 1.0); upstream would accept up to 2.
+MAX_EXAGGERATION = 1.0
+
+# Shorter references condition nothing useful (the voice encoder looks at 1.6 s windows); peaks
+# below MIN_REFERENCE_PEAK are digital silence.
+MIN_REFERENCE_SEC = 1.0
+MIN_REFERENCE_PEAK = 1e-4
+
+
+@dataclass(frozen=True)
+class ChatterboxSettings:
+    """How to load Chatterbox. ``checkpoint_dir`` None means ``hf_repo`` (HF cache first, then download).
+
+    ``device`` auto picks CUDA, then MPS, then CPU, as torch sees them. ``dtype`` applies to T3 on
+    CUDA; elsewhere it stays float32 (half precision on CPU is slower, and upstream runs S3Gen in
+    float32 everywhere). ``cpu_threads`` sets torch's intra-op threads for the whole process.
+    """
+
+    checkpoint_dir: str | None = None
+    hf_repo: str = "ResembleAI/chatterbox"
+    device: str = "auto"
+    dtype: str = "float32"
+    cpu_threads: int | None = None
+    conditioning_cache_size: int = 32
+    max_new_tokens_cap: int = 1000
+    speech_tokens_per_char: float = DEFAULT_SPEECH_TOKENS_PER_CHAR
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be one of {DEVICES} or cuda:N; got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}; got {self.dtype!r}")
+        if self.max_new_tokens_cap < 1 or self.speech_tokens_per_char <= 0:
+            raise ValueError("max_new_tokens_cap and speech_tokens_per_char must be positive")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be positive; got {self.cpu_threads}")
+
+
+def chatterbox_weights_available(settings: ChatterboxSettings) -> str | None:
+    """Where complete weights are without downloading (the local dir or the HF cache); else None."""
+    found = find_checkpoint(settings.checkpoint_dir, settings.hf_repo)
+    return str(found) if found is not None else None
+
+
+def speech_token_cap(text: str, tokens_per_char: float, max_tokens: int) -> int:
+    """How many speech tokens T3 may sample for ``text`` before it is cut off (it may stop sooner)."""
+    return min(math.ceil(len(text) * tokens_per_char) + SPEECH_TOKEN_MARGIN, max_tokens)
+
+
+class ChatterboxEngine:
+    """Thread-safe: the model is only read after loading; the conditioning cache has its own lock.
+
+    Build it with :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        model: ChatterboxModel,
+        settings: ChatterboxSettings,
+        watermarker: Any | None,
+        info: EngineInfo,
+    ) -> None:
+        self._model = model
+        self._settings = settings
+        self._watermarker = watermarker
+        self._conditionings: ConditioningCache[SpeakerConditioning] = ConditioningCache(
+            settings.conditioning_cache_size
+        )
+        self.info = info
+
+    @property
+    def model(self) -> ChatterboxModel:
+        """The loaded upstream components; read-only after loading (tools and tests use them)."""
+        return self._model
+
+    @classmethod
+    def load(cls, settings: ChatterboxSettings) -> ChatterboxEngine:
+        """Find or fetch the weights and build the model; any failure is an EngineUnavailable."""
+        started = time.perf_counter()
+        directory = resolve_checkpoint(settings.checkpoint_dir, settings.hf_repo)
+        try:
+            import torch
+
+            from pipeline.engines.chatterbox_model import ChatterboxModel
+
+            if settings.cpu_threads is not None:
+                torch.set_num_threads(settings.cpu_threads)
+            device = _pick_device(settings.device)
+            t3_dtype = getattr(torch, settings.dtype)
+            if t3_dtype != torch.float32 and device.type != "cuda":
+                logger.warning(
+                    "dtype %s applies on CUDA only; T3 runs in float32 on %s", settings.dtype, device
+                )
+                t3_dtype = torch.float32
+            model = ChatterboxModel.load(directory, device, t3_dtype)
+        except EngineUnavailable:
+            raise
+        except Exception as error:
+            raise EngineUnavailable(f"could not load Chatterbox from {directory}: {error}") from error
+        # T3's speech position table ends at max_speech_tokens.
+        settings = replace(
+            settings, max_new_tokens_cap=min(settings.max_new_tokens_cap, model.t3.hp.max_speech_tokens)
+        )
+        watermarker, watermark_problem = _load_watermarker()
+        if watermark_problem:
+            logger.warning("Chatterbox: watermarking unavailable: %s", watermark_problem)
+        info = EngineInfo(
+            name="chatterbox",
+            model=settings.checkpoint_dir or settings.hf_repo,
+            device=str(device),
+            sample_rate=SAMPLE_RATE,
+            supports_cloning=True,
+            details={
+                "checkpoint": str(directory),
+                "t3_dtype": str(t3_dtype).removeprefix("torch."),
+                "t3_layers": model.t3.cfg.num_hidden_layers,
+                "builtin_voice": model.builtin_voice is not None,
+                "watermark": watermark_problem or "perth",
+                "max_new_tokens_cap": settings.max_new_tokens_cap,
+                "conditioning_cache_size": settings.conditioning_cache_size,
+                "seeded": True,
+            },
+        )
+        logger.info(
+            "Chatterbox loaded from %s on %s in %.1f s", directory, device, time.perf_counter() - started
+        )
+        return cls(model, settings, watermarker, info)
+
+    def synthesize(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> AudioClip:
+        import torch
+
+        from pipeline.engines.chatterbox_decoding import render_waveform, sample_speech_tokens
+
+        if not text.strip():
+            raise InvalidRequest("the text to synthesise is empty", param="text")
+        if not params.disable_watermark and self._watermarker is None:
+            raise UnsupportedCapability(
+                f"watermarking is unavailable on this server ({self.info.details['watermark']})",
+                param="disable_watermark",
+            )
+        model = self._model
+        started = time.perf_counter()
+        conditioning, cache_hit = self._conditioning(voice)
+        conditioned = time.perf_counter()
+
+        text_tokens = model.text_tokens(text)
+        if text_tokens.size(1) > model.t3.hp.max_text_tokens:
+            raise InvalidRequest(
+                f"the text chunk is {text_tokens.size(1)} tokens long; Chatterbox takes at most "
+                f"{model.t3.hp.max_text_tokens}",
+                param="text",
+            )
+        token_cap = speech_token_cap(
+            text, self._settings.speech_tokens_per_char, self._settings.max_new_tokens_cap
+        )
+        exaggeration = min(params.exaggeration, MAX_EXAGGERATION)
+        # One generator per request, drawn from in a fixed order (T3, then S3Gen): the seed alone
+        # decides the audio, whatever else runs in the process.
+        generator = torch.Generator(device=model.device).manual_seed(params.seed)
+        speech = sample_speech_tokens(
+            model.t3, conditioning.for_request(exaggeration), text_tokens, params, token_cap, generator
+        )
+        sampled = time.perf_counter()
+        if speech.tokens.size(1) == 0:
+            raise GenerationFailed(
+                f"Chatterbox produced no speech for {text[:60]!r} (seed {params.seed}: "
+                f"{speech.sampled} tokens, stopped by {speech.stop_reason})"
+            )
+        samples = render_waveform(model.s3gen, speech.tokens, conditioning.s3gen_reference, generator)
+        if not params.disable_watermark:
+            samples = self._watermark(samples)
+        finished = time.perf_counter()
+        return AudioClip(
+            samples,
+            SAMPLE_RATE,
+            text=text,
+            metadata={
+                "seed": params.seed,
+                "speech_tokens": speech.tokens.size(1),
+                "sampled_speech_tokens": speech.sampled,
+                "speech_token_cap": token_cap,
+                "stop_reason": speech.stop_reason,
+                "conditioning_cache_hit": cache_hit,
+                "exaggeration": exaggeration,
+                "watermarked": not params.disable_watermark,
+                "conditioning_sec": conditioned - started,
+                "sampling_sec": sampled - conditioned,
+                "rendering_sec": finished - sampled,
+            },
+        )
+
+    def _conditioning(self, voice: VoiceRef | None) -> tuple[SpeakerConditioning, bool]:
+        if voice is None:
+            if self._model.builtin_voice is None:
+                raise InvalidRequest(
+                    f"this Chatterbox checkpoint has no built-in voice ({self.info.details['checkpoint']} "
+                    "has no conds.pt): give a reference voice",
+                    param="reference_audio_filename",
+                )
+            return self._model.builtin_voice, True
+        return self._conditionings.get_or_compute(voice.sha256, lambda: self._condition(voice))
+
+    def _condition(self, voice: VoiceRef) -> SpeakerConditioning:
+        audio = voice.audio
+        if audio.duration_sec < MIN_REFERENCE_SEC:
+            raise InvalidRequest(
+                f"reference voice {voice.name!r} is {audio.duration_sec:.2f} s long; "
+                f"voice cloning needs at least {MIN_REFERENCE_SEC:g} s of speech",
+                param="reference_audio_filename",
+            )
+        if float(np.max(np.abs(audio.samples))) < MIN_REFERENCE_PEAK:
+            raise InvalidRequest(
+                f"reference voice {voice.name!r} is silent", param="reference_audio_filename"
+            )
+        return self._model.condition(audio.samples, audio.sample_rate)
+
+    def _watermark(self, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        # Perth runs its network with autograd on; nothing here needs gradients.
+        with torch.inference_mode():
+            marked = self._watermarker.apply_watermark(samples, sample_rate=SAMPLE_RATE)
+        return np.asarray(marked, dtype=np.float32)
+
+
+def _pick_device(name: str) -> Any:
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _load_watermarker() -> tuple[Any | None, str | None]:
+    """Perth's neural watermarker (what upstream applies), or why it cannot be had."""
+    try:
+        # Imported from its module, not as perth.PerthImplicitWatermarker: perth's __init__ swallows
+        # the ImportError and leaves None there (resemble-perth 1.0.1 needs pkg_resources, i.e.
+        # setuptools < 81), which would hide the cause.
+        from perth.perth_net.perth_net_implicit.perth_watermarker import PerthImplicitWatermarker
+
+        return PerthImplicitWatermarker(), None
+    except Exception as error:
+        return None, f"resemble-perth could not be loaded: {error}"

@@ -1,0 +1,145 @@
+"""Chatterbox (real upstream classes, random-weight checkpoint) behind the real Serve app, over HTTP.
+
+Random weights make noise, not words, so these tests check what does not depend on training:
+rate, duration from the token cap, determinism per seed, isolation of concurrent voices, the
+conditioning cache and errors. Whisper validation is bypassed (it would reject noise).
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from pipeline.audio import decode_audio
+from tests.chatterbox_checkpoint import piper_sentence
+
+pytestmark = pytest.mark.slow
+
+SPEECH_TOKENS_PER_SEC = 25
+TOKEN_CAP = 25  # max_new_tokens of the chatterbox_app fixture
+FAST = {
+    "bypass_whisper_checking": True,
+    "num_candidates_per_chunk": 1,
+    "max_attempts_per_candidate": 1,
+    "export_formats": ["wav"],
+}
+
+
+def write_wav(path, clip) -> None:
+    soundfile.write(path, clip.samples, clip.sample_rate, format="WAV")
+
+
+@pytest.fixture(scope="module")
+def voices(data_dirs):
+    """Two different speakers: a Piper sentence, and another sentence shifted down five semitones."""
+    first = piper_sentence("This is the first reference speaker talking.")
+    second = piper_sentence("And here is a second, rather different voice.")
+    lowered = librosa.effects.pitch_shift(second.samples, sr=second.sample_rate, n_steps=-5)
+    write_wav(data_dirs["voices"] / "voice_a.wav", first)
+    write_wav(data_dirs["voices"] / "voice_b.wav", second.with_samples(lowered))
+    return ("voice_a.wav", "voice_b.wav")
+
+
+@pytest.fixture(scope="module")
+def cbx(chatterbox_app, voices):
+    with httpx.Client(base_url=chatterbox_app, timeout=600) as http:
+        yield http
+
+
+def speak(cbx, text: str, voice: str | None, seed: int, **query) -> httpx.Response:
+    response = cbx.post(
+        "/api/v1/tts",
+        params=query,
+        json={"text": text, "reference_audio_filename": voice, "seed": seed, **FAST},
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_health_reports_chatterbox_with_cloning(cbx):
+    tts = cbx.get("/api/v1/health").json()["engines"]["tts"]
+    assert tts["name"] == "chatterbox"
+    assert tts["supports_cloning"] is True
+    assert tts["device"] == "cpu"
+    assert tts["t3_layers"] == 2
+
+
+def test_cloned_speech_is_24khz_and_as_long_as_its_speech_tokens(cbx, voices):
+    response = speak(cbx, "Hi there.", voices[0], seed=7, response_mode="url")
+    assert response.headers["x-engine"].startswith("chatterbox")
+    assert response.headers["x-generation-seed"] == "7"
+    report = response.json()
+    metadata = report["chunks"][0]["engine_metadata"]
+    # Random T3 never samples its stop token, so every chunk runs to the cap; the ids it samples
+    # beyond S3's vocabulary (special tokens) are dropped before S3Gen, as upstream does.
+    assert metadata["stop_reason"] == "token_cap"
+    assert metadata["sampled_speech_tokens"] == TOKEN_CAP
+    assert 0 < metadata["speech_tokens"] <= TOKEN_CAP
+    url = report["output_files"][0]["url"]
+    assert url.startswith("/cbx/outputs/"), "output URLs must include the app's route prefix"
+    audio = decode_audio(cbx.get(url.removeprefix("/cbx")).content)
+    assert audio.sample_rate == report["sample_rate"] == 24_000
+    assert audio.duration_sec == pytest.approx(metadata["speech_tokens"] / SPEECH_TOKENS_PER_SEC, abs=0.1)
+    assert np.abs(audio.samples).max() > 0.01, "silence instead of generated audio"
+
+
+def test_same_seed_gives_identical_audio_and_another_seed_does_not(cbx, voices):
+    first = speak(cbx, "Same seed.", voices[0], seed=11).content
+    again = speak(cbx, "Same seed.", voices[0], seed=11).content
+    other = speak(cbx, "Same seed.", voices[0], seed=12).content
+    assert first == again
+    assert first != other
+
+
+def test_four_concurrent_requests_with_different_voices_match_each_alone(cbx, voices):
+    requests = [(voices[0], 21), (voices[1], 21), (voices[0], 22), (voices[1], 22)]
+    alone = [speak(cbx, "Hello you.", voice, seed).content for voice, seed in requests]
+    assert len(set(alone)) == 4, "voices and seeds should all sound different"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda request: speak(cbx, "Hello you.", *request).content, requests))
+    for (voice, seed), solo, concurrent in zip(requests, alone, together, strict=True):
+        assert solo == concurrent, f"{voice} seed {seed} changed under concurrency"
+
+
+def test_conditioning_cache_hit_skips_the_conditioning_work(cbx, data_dirs):
+    fresh = piper_sentence("A voice nobody has used before today.")
+    write_wav(data_dirs["voices"] / "voice_fresh.wav", fresh)
+    miss = speak(cbx, "Cache me.", "voice_fresh.wav", seed=5, response_mode="url").json()["chunks"][0]
+    hit = speak(cbx, "Cache me.", "voice_fresh.wav", seed=5, response_mode="url").json()["chunks"][0]
+    assert miss["engine_metadata"]["conditioning_cache_hit"] is False
+    assert hit["engine_metadata"]["conditioning_cache_hit"] is True
+    assert hit["engine_metadata"]["conditioning_sec"] < miss["engine_metadata"]["conditioning_sec"] / 10
+
+
+def test_built_in_voice_is_used_without_a_reference(cbx):
+    response = speak(cbx, "Built in.", None, seed=3)
+    assert decode_audio(response.content).sample_rate == 24_000
+
+
+def test_openai_voice_names_a_library_file(cbx, voices):
+    response = cbx.post(
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "voice_a", "input": "Hi.", "response_format": "wav"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-engine"].startswith("chatterbox")
+    assert soundfile.info(io.BytesIO(response.content)).samplerate == 24_000
+
+
+def test_too_short_reference_is_a_400_from_the_tts_replica(cbx, data_dirs):
+    short = piper_sentence("Hi.")
+    write_wav(
+        data_dirs["voices"] / "too_short.wav", short.with_samples(short.samples[: short.sample_rate // 3])
+    )
+    response = cbx.post(
+        "/api/v1/tts", json={"text": "Hello.", "reference_audio_filename": "too_short.wav", **FAST}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "reference_audio_filename"
+    assert "at least" in response.json()["error"]["message"]

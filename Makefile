@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 UV_VERSION := 0.13.8
 CACHE_DIR ?= $(HOME)/.cache/chatterbox-serve
-LOCK_HASH := $(shell cat uv.lock pyproject.toml | sha256sum | cut -c1-16)
+LOCK_HASH := $(shell sha256sum uv.lock | cut -c1-16)
 VENV_DIR := $(CACHE_DIR)/venv-$(LOCK_HASH)
 UV := $(CACHE_DIR)/uv-$(UV_VERSION)/bin/uv
 export RAY_USAGE_STATS_ENABLED := 0
@@ -16,12 +16,12 @@ export PYTHONPATH := $(CURDIR)
 
 install: .venv/.installed-$(LOCK_HASH)
 
-.venv/.installed-$(LOCK_HASH): uv.lock pyproject.toml
+.venv/.installed-$(LOCK_HASH): uv.lock
 	@mkdir -p $(CACHE_DIR)
 	@test -x $(UV) || { $(PYTHON) -m venv $(CACHE_DIR)/uv-$(UV_VERSION) && $(CACHE_DIR)/uv-$(UV_VERSION)/bin/pip install -q uv==$(UV_VERSION); }
 	UV_PROJECT_ENVIRONMENT=$(VENV_DIR) UV_PYTHON=$(PYTHON) $(UV) sync --frozen
 	ln -sfn $(VENV_DIR) .venv
-	@find $(CACHE_DIR) -maxdepth 1 -name 'venv-*' ! -name 'venv-$(LOCK_HASH)' -mtime +7 -exec rm -rf {} + 2>/dev/null || true
+	@find $(CACHE_DIR) -maxdepth 1 -name 'venv-*' ! -name 'venv-$(LOCK_HASH)' -mtime +1 -exec rm -rf {} + 2>/dev/null || true
 	touch $@
 
 run: install  ## serve on http://127.0.0.1:$(PORT) (default 8000) with serve_config.yaml

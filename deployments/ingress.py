@@ -248,7 +248,7 @@ class Ingress:
     async def openai_speech(self, request: OpenAISpeechRequest) -> Response:
         job = await self._service.openai_job(request)
         engine = await self._tts_info()
-        chunks = self._pipeline.stream(job)
+        chunks = self._pipeline.stream(job, self._service.defaults.stream_chunks_in_flight)
         # Wait for the first chunk before answering, so a failure still gets a proper error status.
         first = await anext(chunks)
         fmt = request.response_format

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.postprocess import PostProcessOptions
-
 from pipeline.clip import AudioClip
+from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio, render
 
 

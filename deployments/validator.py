@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.engines.whisper import WhisperTranscriber
-
 from pipeline.clip import AudioClip
+from pipeline.engines.whisper import WhisperTranscriber
 from pipeline.settings import AppSettings
 
 

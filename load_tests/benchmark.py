@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pipeline.audio import decode_audio
-from pipeline.engines.whisper import WhisperTranscriber
-from pipeline.text import TextOptions, chunk_text
 
+from pipeline.audio import decode_audio
 from pipeline.engines.base import SynthesisParams
 from pipeline.engines.piper import PiperEngine, PiperSettings
+from pipeline.engines.whisper import WhisperTranscriber
+from pipeline.text import TextOptions, chunk_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORTS_DIR = Path(__file__).resolve().parent / "reports"
@@ -35,6 +35,7 @@ TWELVE_SENTENCES = (
     "He carried it back gently and set it beside its mother. The sun was warm when he returned home. "
     "His wife had made fresh bread and a pot of strong coffee. They sat and talked about the harvest."
 )
+STANDARD_COLUMNS = {"name", "runs", "p50_sec", "p95_sec", "audio_sec", "rtf"}
 FAST = {"num_candidates_per_chunk": 1, "max_attempts_per_candidate": 1, "export_formats": ["wav"]}
 
 
@@ -107,6 +108,64 @@ def http_rows(base_url: str, repeats: int, label: str) -> list[dict[str, Any]]:
         rows.append(row(f"HTTP {label}, 12 sentences, no validation", walls, audio_sec))
         walls, audio_sec = timed(lambda: tts(TWELVE_SENTENCES), max(1, repeats // 2))
         rows.append(row(f"HTTP {label}, 12 sentences, Whisper validation", walls, audio_sec))
+        first_audio, whole = [], []
+        for _ in range(max(1, repeats // 2)):
+            started = time.perf_counter()
+            with client.stream(
+                "POST", "/v1/audio/speech", json={"input": TWELVE_SENTENCES, "response_format": "pcm"}
+            ) as response:
+                response.raise_for_status()
+                received = b""
+                for part in response.iter_bytes():
+                    if not received:
+                        first_audio.append(time.perf_counter() - started)
+                    received += part
+            whole.append(time.perf_counter() - started)
+        audio_sec = len(received) / 2 / 24_000
+        rows.append(row(f"HTTP {label}, 12 sentences, OpenAI stream: first audio", first_audio, audio_sec))
+        rows.append(row(f"HTTP {label}, 12 sentences, OpenAI stream: whole", whole, audio_sec))
+    return rows
+
+
+def chatterbox_rows(checkpoint: Path | None) -> list[dict[str, Any]]:
+    """Chatterbox on this machine: a shape-and-cost figure with random weights, not a quality one."""
+    import tempfile
+
+    import torch
+
+    from pipeline.engines.base import VoiceRef
+    from pipeline.engines.chatterbox import ChatterboxEngine, ChatterboxSettings
+
+    if checkpoint is None:
+        # The tests' random-weight checkpoint (2-layer T3, full-size S3Gen): no hub here.
+        from tests.chatterbox_checkpoint import piper_sentence, write_random_checkpoint
+
+        checkpoint = write_random_checkpoint(Path(tempfile.mkdtemp(prefix="chatterbox-bench-")))
+    else:
+        from tests.chatterbox_checkpoint import piper_sentence
+    engine = ChatterboxEngine.load(
+        ChatterboxSettings(
+            checkpoint_dir=str(checkpoint), cpu_threads=torch.get_num_threads(), max_new_tokens_cap=50
+        )
+    )
+    voice = VoiceRef.from_clip("bench", piper_sentence("A reference voice for the benchmark run."))
+    text = "Benchmarking the Chatterbox engine."
+    rows = []
+    for label in ("conditioning cache miss", "conditioning cache hit"):
+        started = time.perf_counter()
+        clip = engine.synthesize(text, voice, SynthesisParams(seed=1))
+        wall = time.perf_counter() - started
+        meta = clip.metadata
+        rows.append(
+            row(
+                f"in-process chatterbox ({engine.info.device}), {label}",
+                [wall],
+                clip.duration_sec,
+                conditioning_sec=round(meta["conditioning_sec"], 3),
+                t3_tokens_per_sec=round(meta["sampled_speech_tokens"] / meta["sampling_sec"], 1),
+                s3gen_rtf=round(clip.duration_sec / meta["rendering_sec"], 3),
+            )
+        )
     return rows
 
 
@@ -129,6 +188,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--skip-chatterbox", action="store_true")
+    parser.add_argument(
+        "--chatterbox-checkpoint",
+        type=Path,
+        default=None,
+        help="real weights; default: a random-weight checkpoint",
+    )
     options = parser.parse_args()
 
     from ray import serve
@@ -136,6 +202,8 @@ def main() -> None:
     from deployments.launcher import init_ray
 
     rows = in_process_rows(options.repeats)
+    if not options.skip_chatterbox:
+        rows += chatterbox_rows(options.chatterbox_checkpoint)
     init_ray(num_cpus=4)
     for replicas in (1, 2):
         base_url = deploy(options.port, replicas)
@@ -150,6 +218,11 @@ def main() -> None:
         "validation_over_synthesis_http_12": round(
             by_name["HTTP 1 TTS replica, 12 sentences, Whisper validation"]["p50_sec"]
             / by_name["HTTP 1 TTS replica, 12 sentences, no validation"]["p50_sec"],
+            2,
+        ),
+        "stream_first_audio_over_whole_12": round(
+            by_name["HTTP 1 TTS replica, 12 sentences, OpenAI stream: first audio"]["p50_sec"]
+            / by_name["HTTP 1 TTS replica, 12 sentences, OpenAI stream: whole"]["p50_sec"],
             2,
         ),
         "two_over_one_replica_12": round(
@@ -176,7 +249,8 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, float]) -> None:
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         timings = f"{r['p50_sec']:>7.2f} {r['p95_sec']:>7.2f} {r['audio_sec']:>8.2f} {r['rtf']:>6.2f}"
-        print(f"{r['name']:<66} {r['runs']:>4} {timings}")
+        extra = "  ".join(f"{key}={value}" for key, value in r.items() if key not in STANDARD_COLUMNS)
+        print(f"{r['name']:<66} {r['runs']:>4} {timings}  {extra}".rstrip())
     print()
     for key, value in summary.items():
         print(f"{key:<40} {value:>6.2f}")

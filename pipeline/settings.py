@@ -109,6 +109,12 @@ class DefaultsConfig(_Section):
     openai_num_candidates: int = Field(1, ge=1, le=10)
     openai_max_attempts: int = Field(2, ge=1, le=10)
     openai_validate: bool = False
+    stream_chunks_in_flight: int | None = Field(
+        2,
+        ge=1,
+        description="Chunks generated at once for a streamed response: fewer reach the first audio sooner, "
+        "more finish sooner where there are spare replicas. None: all at once.",
+    )
     openai_voices: dict[str, str | None] = Field(
         default_factory=lambda: dict.fromkeys(
             ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")

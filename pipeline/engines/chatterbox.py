@@ -182,10 +182,6 @@ class ChatterboxEngine:
                 param="disable_watermark",
             )
         model = self._model
-        started = time.perf_counter()
-        conditioning, cache_hit = self._conditioning(voice)
-        conditioned = time.perf_counter()
-
         text_tokens = model.text_tokens(text)
         if text_tokens.size(1) > model.t3.hp.max_text_tokens:
             raise InvalidRequest(
@@ -193,6 +189,9 @@ class ChatterboxEngine:
                 f"{model.t3.hp.max_text_tokens}",
                 param="text",
             )
+        started = time.perf_counter()
+        conditioning, cache_hit = self._conditioning(voice)
+        conditioned = time.perf_counter()
         token_cap = speech_token_cap(
             text, self._settings.speech_tokens_per_char, self._settings.max_new_tokens_cap
         )
@@ -233,6 +232,8 @@ class ChatterboxEngine:
         )
 
     def _conditioning(self, voice: VoiceRef | None) -> tuple[SpeakerConditioning, bool]:
+        """The voice's conditioning and whether this call was spared computing it (the built-in
+        voice always is: conds.pt holds it ready)."""
         if voice is None:
             if self._model.builtin_voice is None:
                 raise InvalidRequest(

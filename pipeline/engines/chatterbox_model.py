@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,6 @@ from pipeline.engines.chatterbox_loading import (
     read_t3_backbone,
 )
 from pipeline.errors import EngineUnavailable
-
-logger = logging.getLogger(__name__)
 
 # Upstream's reference trims: 6 s at 16 kHz feed T3's speech prompt, 10 s at 24 kHz S3Gen's.
 ENC_COND_LEN = ChatterboxTTS.ENC_COND_LEN
@@ -73,6 +70,8 @@ def register_t3_backbone(backbone: T3Backbone) -> None:
 
 
 class ChatterboxModel:
+    """T3, S3Gen, the voice encoder and the text tokenizer of one checkpoint, plus its built-in voice."""
+
     def __init__(
         self,
         *,
@@ -119,20 +118,18 @@ class ChatterboxModel:
         s3gen.to(device).eval()
 
         tokenizer = EnTokenizer(str(directory / "tokenizer.json"))
-        model = cls(
+        builtin_voice = None
+        if (directory / BUILTIN_VOICE_FILE).exists():
+            conds = Conditionals.load(directory / BUILTIN_VOICE_FILE, map_location="cpu").to(device)
+            builtin_voice = SpeakerConditioning(t3=conds.t3.to(dtype=t3_dtype), s3gen_reference=conds.gen)
+        return cls(
             t3=t3,
             s3gen=s3gen,
             voice_encoder=voice_encoder,
             tokenizer=tokenizer,
             device=device,
-            builtin_voice=None,
+            builtin_voice=builtin_voice,
         )
-        if (directory / BUILTIN_VOICE_FILE).exists():
-            conds = Conditionals.load(directory / BUILTIN_VOICE_FILE, map_location="cpu").to(device)
-            model.builtin_voice = SpeakerConditioning(
-                t3=conds.t3.to(dtype=t3_dtype), s3gen_reference=conds.gen
-            )
-        return model
 
     @property
     def t3_dtype(self) -> torch.dtype:

@@ -79,13 +79,14 @@ def test_native_tts_returns_intelligible_audio_in_each_format(client, transcribe
     assert_speaks(transcriber, audio, ONE_SENTENCE)
 
 
-def test_twelve_sentences_are_all_spoken_in_order(client, transcriber):
+def test_twelve_sentences_are_all_spoken_in_order_in_every_format(client, transcriber):
+    formats = ["flac", "wav", "mp3", "opus", "aac", "pcm"]
     response = client.post(
         "/api/v1/tts",
         params={"response_mode": "url"},
         json={
             "text": TWELVE_SENTENCES,
-            "export_formats": ["flac"],
+            "export_formats": formats,
             "num_candidates_per_chunk": 1,
             "max_attempts_per_candidate": 2,
         },
@@ -93,15 +94,20 @@ def test_twelve_sentences_are_all_spoken_in_order(client, transcriber):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["validated"] is True
+    assert len(body["chunks"]) >= 6, "twelve sentences should not collapse into a couple of chunks"
     spoken_chunks = " ".join(chunk["text"] for chunk in body["chunks"])
     assert score_transcript(TWELVE_SENTENCES, spoken_chunks) == 1.0, "chunking lost or changed text"
     assert all(chunk["score"] is not None for chunk in body["chunks"])
-    audio_response = client.get(body["output_files"][0]["url"])
-    assert audio_response.status_code == 200
-    audio = decode_audio(audio_response.content)
-    # Piper speaks about 20 characters a second; slow speakers about 10.
-    assert len(TWELVE_SENTENCES) / 25 < audio.duration_sec < len(TWELVE_SENTENCES) / 8
-    assert_speaks(transcriber, audio, TWELVE_SENTENCES)
+    files = {item["format"]: item["url"] for item in body["output_files"]}
+    assert sorted(files) == sorted(formats)
+    for fmt, url in files.items():
+        file_response = client.get(url)
+        assert file_response.status_code == 200, fmt
+        audio = decode_any(file_response.content, fmt, body["sample_rate"])
+        # Piper speaks about 20 characters a second; slow speakers about 10.
+        assert len(TWELVE_SENTENCES) / 25 < audio.duration_sec < len(TWELVE_SENTENCES) / 8, fmt
+        assert audio.duration_sec == pytest.approx(body["duration_sec"], abs=0.15), fmt
+        assert_speaks(transcriber, audio, TWELVE_SENTENCES)
 
 
 def test_speed_factor_one_and_a_half_shortens_audio(client):

@@ -7,14 +7,14 @@ import time
 
 import numpy as np
 import pytest
-from pipeline.postprocess import PostProcessOptions
-from pipeline.text import TextOptions
 
 from pipeline.clip import AudioClip
 from pipeline.engines.base import SynthesisParams
 from pipeline.errors import GenerationFailed, UnsupportedCapability
 from pipeline.graph import QualityPolicy, TTSJob, TTSPipeline, candidate_seed
+from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
+from pipeline.text import TextOptions
 
 RATE = 1000
 
@@ -203,3 +203,22 @@ def test_stream_yields_chunks_in_order_even_when_later_ones_finish_first():
         return [outcome.text async for outcome, _ in pipeline.stream(make_job("First one. Second. Third."))]
 
     assert run(collect()) == ["First one.", "Second.", "Third."]
+
+
+def test_stream_with_one_chunk_in_flight_reaches_the_first_audio_after_one_chunk():
+    stages = FakeStages(synth_delay=0.2)
+
+    async def first_and_total(max_in_flight):
+        started = time.perf_counter()
+        first = None
+        async for _ in pipeline_of(stages).stream(make_job("One. Two. Three. Four."), max_in_flight):
+            first = first or time.perf_counter() - started
+        return first, time.perf_counter() - started
+
+    first, total = run(first_and_total(1))
+    assert stages.max_active == 1
+    assert first < 0.35 and total >= 0.8, (first, total)
+    stages.max_active = 0
+    first, total = run(first_and_total(None))
+    assert stages.max_active == 4
+    assert total < 0.4

@@ -3,6 +3,7 @@
 No `from __future__ import annotations` here: FastAPI must resolve the route annotations at runtime.
 """
 
+import asyncio
 import base64
 import json
 import logging
@@ -10,8 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.calls import resilient
@@ -30,7 +32,7 @@ logger = logging.getLogger("ray.serve")
 
 VERSION = "0.1.0"
 AUDIO_RESPONSE_MODES = {"stream", "file", "download"}
-STAGES = ("Chunker", "TTS", "Validator", "PostProcess")
+ENGINE_INFO_TIMEOUT_SEC = 5.0
 
 api = FastAPI(
     title="Chatterbox TTS Extended Plus on Ray Serve",
@@ -85,19 +87,27 @@ async def _sse_events(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncItera
     yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n"
 
 
-def _replica_states() -> dict[str, dict[str, int]]:
-    """Replica counts per state for each deployment of this app, from Serve's controller."""
+def _plain(value: Any) -> str:
+    """Serve's status enums as their plain names (str() of a str-Enum gives 'Class.NAME')."""
+    return str(getattr(value, "value", value))
+
+
+def _deployment_states() -> dict[str, dict[str, Any]]:
+    """Each deployment of this app as Serve's controller sees it: status, replicas per state, message."""
     try:
         status = serve.status()
     except Exception:  # health must answer even when the controller is briefly unreachable
         logger.exception("serve.status() failed")
         return {}
-    app_name = serve.get_replica_context().app_name
-    application = status.applications.get(app_name)
+    application = status.applications.get(serve.get_replica_context().app_name)
     if application is None:
         return {}
     return {
-        name: {str(state): count for state, count in deployment.replica_states.items()}
+        name: {
+            "status": _plain(deployment.status),
+            "replicas": {_plain(state): count for state, count in deployment.replica_states.items()},
+            **({"message": deployment.message} if deployment.message else {}),
+        }
         for name, deployment in application.deployments.items()
     }
 
@@ -142,10 +152,13 @@ class Ingress:
             self._engine_info = await self._tts.info.remote()
         return self._engine_info
 
-    async def _validator_model(self) -> str:
+    async def _validator_details(self) -> dict[str, str]:
         if self._validator_info is None:
             self._validator_info = await self._validator.info.remote()
-        return self._validator_info["model"]
+        return self._validator_info
+
+    async def _validator_model(self) -> str:
+        return (await self._validator_details())["model"]
 
     @api.get("/", include_in_schema=False)
     async def root(self) -> dict[str, Any]:
@@ -161,27 +174,42 @@ class Ingress:
         }
 
     @api.get("/api/v1/health")
-    async def health(self) -> dict[str, Any]:
-        engine = await self._tts_info()
-        validator = self._validator_info or await self._validator.info.remote()
-        deployments = _replica_states()
-        healthy = all(state.get("RUNNING", 0) > 0 for state in deployments.values()) if deployments else True
-        return {
-            "status": "healthy" if healthy else "degraded",
-            "version": VERSION,
-            "engines": {
-                "tts": {
-                    "name": engine.name,
-                    "model": engine.model,
-                    "device": engine.device,
-                    "sample_rate": engine.sample_rate,
-                    "supports_cloning": engine.supports_cloning,
-                    **engine.details,
-                },
-                "validator": validator,
+    async def health(self) -> JSONResponse:
+        """200 when every stage has a running replica, else 503 with each stage's status and message.
+
+        Engine details come from the stages themselves, with a timeout: a TTS deployment whose
+        replicas cannot load must not hang the health check.
+        """
+        deployments = _deployment_states()
+        engines: dict[str, Any] = {}
+        try:
+            engine = await asyncio.wait_for(self._tts_info(), ENGINE_INFO_TIMEOUT_SEC)
+            engines["tts"] = {
+                "name": engine.name,
+                "model": engine.model,
+                "device": engine.device,
+                "sample_rate": engine.sample_rate,
+                "supports_cloning": engine.supports_cloning,
+                **engine.details,
+            }
+        except (TimeoutError, RayError) as error:
+            engines["tts"] = {"name": "unavailable", "error": str(error) or type(error).__name__}
+        try:
+            engines["validator"] = await asyncio.wait_for(self._validator_details(), ENGINE_INFO_TIMEOUT_SEC)
+        except (TimeoutError, RayError) as error:
+            engines["validator"] = {"model": "unavailable", "error": str(error) or type(error).__name__}
+        healthy = all(state["status"] == "HEALTHY" for state in deployments.values()) and all(
+            "error" not in details for details in engines.values()
+        )
+        return JSONResponse(
+            status_code=200 if healthy else 503,
+            content={
+                "status": "healthy" if healthy else "degraded",
+                "version": VERSION,
+                "engines": engines,
+                "deployments": deployments,
             },
-            "deployments": deployments,
-        }
+        )
 
     @api.post("/api/v1/tts", response_model=TTSResponse)
     async def tts(

@@ -56,11 +56,13 @@ def deploy_config(config: ServeDeploySchema, timeout_sec: float = 600) -> None:
         }
         if all(state == "RUNNING" for state in states.values()):
             return
-        failed = {
-            name: applications[name].message for name, state in states.items() if state == "DEPLOY_FAILED"
-        }
+        failed = [
+            _failure_report(name, applications[name])
+            for name, state in states.items()
+            if state == "DEPLOY_FAILED"
+        ]
         if failed:
-            raise RuntimeError(f"deployment failed: {failed}")
+            raise RuntimeError("deployment failed:\n" + "\n".join(failed))
         time.sleep(1)
     raise TimeoutError(f"applications not running after {timeout_sec:.0f} s: {states}")
 
@@ -99,6 +101,15 @@ def main() -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+
+
+def _failure_report(name: str, application: Any) -> str:
+    """The app's message plus each unhealthy deployment's, where replica errors (a failed load) are."""
+    lines = [f"{name}: {application.message}"]
+    for deployment_name, deployment in application.deployments.items():
+        if deployment.message and str(getattr(deployment.status, "value", deployment.status)) != "HEALTHY":
+            lines.append(f"  {deployment_name}: {deployment.message}")
+    return "\n".join(lines)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

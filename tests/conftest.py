@@ -31,41 +31,67 @@ def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
+class ServeApps:
+    """The apps deployed on the test Serve instance. Serve deploys declaratively (a config names
+    every app there is), so each change re-sends the whole set; unchanged apps are left running."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._base = None
+        self._applications: dict = {}
+
+    def deploy(self, config, name: str | None = None, route_prefix: str | None = None) -> None:
+        """Deploy the (single) app of ``config``, renamed and re-routed if asked, beside the others."""
+        from deployments.launcher import deploy_config
+
+        (application,) = config.applications
+        updates = {key: value for key, value in (("name", name), ("route_prefix", route_prefix)) if value}
+        application = application.model_copy(update=updates)
+        self._base = self._base or config
+        self._applications[application.name] = application
+        deploy_config(self._base.model_copy(update={"applications": list(self._applications.values())}))
+
+    def remove(self, name: str) -> None:
+        from deployments.launcher import deploy_config
+
+        del self._applications[name]
+        deploy_config(self._base.model_copy(update={"applications": list(self._applications.values())}))
+
+
 @pytest.fixture(scope="session")
-def serve_instance() -> Iterator[int]:
-    """A local Ray + Serve with HTTP on a free port; yields the port."""
+def serve_apps() -> Iterator[ServeApps]:
+    """A local Ray + Serve with HTTP on a free port."""
     import ray
     from ray import serve
 
     from deployments.launcher import init_ray
 
     init_ray(num_cpus=TEST_CLUSTER_CPUS)
-    yield free_port()
+    yield ServeApps(free_port())
     serve.shutdown()
     ray.shutdown()
 
 
-def piper_app_config(port: int, data_dirs: dict[str, Path]):
-    """The offline default app from serve_config.yaml, engine pinned to Piper."""
+def app_config(port: int, data_dirs: dict[str, Path], **args_override):
+    """An app from serve_config.yaml with test data folders and the given args."""
     from deployments.launcher import load_config
 
     return load_config(
         REPO_ROOT / "serve_config.yaml",
         port=port,
         args_override={
-            "engine": "piper",
             "voices_dir": str(data_dirs["voices"]),
             "outputs_dir": str(data_dirs["outputs"]),
+            **args_override,
         },
     )
 
 
 @pytest.fixture(scope="session")
-def piper_app(serve_instance: int, data_dirs: dict[str, Path]) -> str:
-    from deployments.launcher import deploy_config
-
-    deploy_config(piper_app_config(serve_instance, data_dirs))
-    return f"http://127.0.0.1:{serve_instance}"
+def piper_app(serve_apps: ServeApps, data_dirs: dict[str, Path]) -> str:
+    """The offline default app, engine pinned to Piper."""
+    serve_apps.deploy(app_config(serve_apps.port, data_dirs, engine="piper"))
+    return f"http://127.0.0.1:{serve_apps.port}"
 
 
 @pytest.fixture(scope="session")
@@ -78,36 +104,19 @@ def chatterbox_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def chatterbox_app(
-    serve_instance: int, data_dirs: dict[str, Path], chatterbox_checkpoint: Path, piper_app: str
+    serve_apps: ServeApps, data_dirs: dict[str, Path], chatterbox_checkpoint: Path, piper_app: str
 ) -> str:
     """A second app of the same serve_config.yaml at /cbx, serving the random Chatterbox checkpoint.
 
-    Deployed beside the Piper app (Serve deploys declaratively: the unchanged Piper app stays).
-    Chunks are capped at 1 s of speech: full-size S3Gen costs ~7 s of CPU per second of audio.
+    Chunks are capped at 1 s of speech: full-size S3Gen costs seconds of CPU per second of audio.
     """
-    from deployments.launcher import deploy_config, load_config
-
-    piper = piper_app_config(serve_instance, data_dirs)
-    chatterbox = load_config(
-        REPO_ROOT / "serve_config.yaml",
-        port=serve_instance,
-        args_override={
-            "engine": "chatterbox",
-            "chatterbox": {
-                "checkpoint_dir": str(chatterbox_checkpoint),
-                "max_new_tokens": 25,
-                "download": False,
-            },
-            "voices_dir": str(data_dirs["voices"]),
-            "outputs_dir": str(data_dirs["outputs"]),
-            "tts": {"max_ongoing_requests": 8},
-        },
+    chatterbox = {"checkpoint_dir": str(chatterbox_checkpoint), "max_new_tokens": 25, "download": False}
+    serve_apps.deploy(
+        app_config(serve_apps.port, data_dirs, engine="chatterbox", chatterbox=chatterbox),
+        name="chatterbox-random",
+        route_prefix="/cbx",
     )
-    application = chatterbox.applications[0].model_copy(
-        update={"name": "chatterbox-random", "route_prefix": "/cbx"}
-    )
-    deploy_config(piper.model_copy(update={"applications": [*piper.applications, application]}))
-    return f"http://127.0.0.1:{serve_instance}/cbx"
+    return f"http://127.0.0.1:{serve_apps.port}/cbx"
 
 
 @pytest.fixture(scope="session")

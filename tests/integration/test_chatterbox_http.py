@@ -143,3 +143,25 @@ def test_too_short_reference_is_a_400_from_the_tts_replica(cbx, data_dirs):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "reference_audio_filename"
     assert "at least" in response.json()["error"]["message"]
+
+
+def test_a_chatterbox_that_cannot_load_fails_its_replica_naming_the_cause(
+    serve_apps, data_dirs, tmp_path, piper_app
+):
+    from tests.conftest import app_config
+
+    missing = tmp_path / "no-checkpoint-here"
+    config = app_config(
+        serve_apps.port, data_dirs, engine="chatterbox", chatterbox={"checkpoint_dir": str(missing)}
+    )
+    try:
+        with pytest.raises(RuntimeError, match="no-checkpoint-here") as failure:
+            serve_apps.deploy(config, name="broken", route_prefix="/broken")
+        assert "TTS" in str(failure.value)
+        health = httpx.get(f"{piper_app}/broken/api/v1/health", timeout=60)
+        assert health.status_code == 503
+        tts = health.json()["deployments"]["TTS"]
+        assert tts["status"] != "HEALTHY"
+        assert "no-checkpoint-here" in tts["message"]
+    finally:
+        serve_apps.remove("broken")

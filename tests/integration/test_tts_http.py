@@ -185,13 +185,17 @@ def test_openai_client_gets_speech_in_every_format(piper_app, transcriber):
 
 
 def test_health_names_engines_and_ready_replicas(client):
-    health = client.get("/api/v1/health").json()
+    response = client.get("/api/v1/health")
+    assert response.status_code == 200
+    health = response.json()
     assert health["status"] == "healthy"
     assert health["engines"]["tts"]["name"] == "piper"
     assert health["engines"]["tts"]["supports_cloning"] is False
     assert "tiny.en" in health["engines"]["validator"]["model"]
     assert {"Ingress", "Chunker", "TTS", "Validator", "PostProcess"} <= set(health["deployments"])
-    assert all(states.get("RUNNING", 0) >= 1 for states in health["deployments"].values())
+    for name, deployment in health["deployments"].items():
+        assert deployment["status"] == "HEALTHY", name
+        assert deployment["replicas"].get("RUNNING", 0) >= 1, name
 
 
 def test_models_voices_and_docs_are_served(client):

@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
     options = parser.parse_args()
 
-    config = load_config(options.config, options.host, options.port)
+    config = load_config(options.config, options.host, options.port, _args_from_environment())
     init_ray(options.num_cpus)
     deploy_config(config)
     base_url = f"http://{options.host}:{options.port}"
@@ -101,6 +101,18 @@ def main() -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+
+
+def _args_from_environment() -> dict[str, Any]:
+    """Overrides of the app's args for a local run without editing the YAML."""
+    overrides: dict[str, Any] = {}
+    if engine := os.environ.get("ENGINE"):
+        overrides["engine"] = engine
+    if checkpoint_dir := os.environ.get("CHATTERBOX_CHECKPOINT_DIR"):
+        overrides["chatterbox"] = {"checkpoint_dir": checkpoint_dir}
+    if voices_dir := os.environ.get("VOICES_DIR"):
+        overrides["voices_dir"] = voices_dir
+    return overrides
 
 
 def _failure_report(name: str, application: Any) -> str:

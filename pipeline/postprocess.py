@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.audio import change_speed, join_clips, normalize_loudness, resample, trim_silence
+from pipeline.audio import (
+    change_speed,
+    cut_silences,
+    join_clips,
+    normalize_loudness,
+    resample,
+    trim_silence,
+)
 from pipeline.clip import AudioClip
 
 
@@ -19,6 +26,9 @@ class PostProcessOptions:
     """
 
     crossfade_ms: float = 20.0
+    cut_silences: bool = False
+    silence_threshold: float = 0.06
+    silence_margin_sec: float = 0.2
     trim: bool = False
     trim_threshold_ms: int = 200
     speed_factor: float = 1.0
@@ -31,13 +41,15 @@ class PostProcessOptions:
 
 
 def finish(clips: Sequence[AudioClip], options: PostProcessOptions) -> AudioClip:
-    """join (crossfade) -> trim -> speed -> loudness -> resample.
+    """join (crossfade) -> cut pauses -> trim -> speed -> loudness -> resample.
 
     Trim runs before the speed change so ``trim_threshold_ms`` means silence as synthesised;
     loudness comes after both because each changes what is measured; resampling is last so every
     step works at the engine's native rate.
     """
     clip = join_clips(clips, crossfade_ms=options.crossfade_ms)
+    if options.cut_silences:
+        clip = cut_silences(clip, threshold=options.silence_threshold, margin_sec=options.silence_margin_sec)
     if options.trim:
         clip = trim_silence(clip, threshold_ms=options.trim_threshold_ms)
     clip = change_speed(clip, options.speed_factor)

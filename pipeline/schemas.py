@@ -72,10 +72,14 @@ class TTSRequest(_StrictModel):
     remove_reference_numbers: bool = True
     sound_words_field: str = ""
 
-    use_auto_editor: bool = False
+    use_auto_editor: bool = Field(
+        False, description="Cut pauses inside the audio (the reference UI's auto-editor)."
+    )
     keep_original_wav_ae: bool = False
-    ae_threshold: float = Field(0.06, ge=0.0, le=1.0)
-    ae_margin: float = Field(0.2, ge=0.0, le=1.0)
+    ae_threshold: float = Field(
+        0.06, ge=0.0, le=1.0, description="Sound is louder than this fraction of the peak."
+    )
+    ae_margin: float = Field(0.2, ge=0.0, le=1.0, description="Seconds of each pause kept around the sound.")
 
     normalize_audio: bool = False
     normalize_method: Literal["ebu", "peak"] = "ebu"
@@ -121,12 +125,12 @@ class TTSRequest(_StrictModel):
             raise ValueError("only faster-whisper is available on this server; leave use_faster_whisper true")
         return value
 
-    @field_validator("use_auto_editor")
+    @field_validator("keep_original_wav_ae")
     @classmethod
-    def _no_auto_editor(cls, value: bool) -> bool:
+    def _no_original_copy(cls, value: bool) -> bool:
         if value:
             raise ValueError(
-                "auto-editor is not available on this server; use trim to cut leading/trailing silence"
+                "keeping an unedited copy is not supported; request once with use_auto_editor false"
             )
         return value
 
@@ -191,9 +195,7 @@ class OpenAISpeechRequest(_StrictModel):
         None, description="Accepted for compatibility; Chatterbox takes no prompt."
     )
     response_format: OutputFormat = "mp3"
-    speed: float = Field(
-        1.0, ge=0.5, le=2.0, description="OpenAI allows 0.25-4.0; pitch-kept stretching here is 0.5-2.0."
-    )
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Pitch-kept speed change, OpenAI's range.")
     stream_format: Literal["audio", "sse"] = "audio"
 
     @field_validator("input")

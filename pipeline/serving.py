@@ -114,6 +114,9 @@ class SpeechService:
             ),
             post=PostProcessOptions(
                 crossfade_ms=request.crossfade_ms,
+                cut_silences=request.use_auto_editor,
+                silence_threshold=request.ae_threshold,
+                silence_margin_sec=request.ae_margin,
                 trim=request.trim,
                 trim_threshold_ms=request.trim_threshold_ms,
                 speed_factor=request.speed_factor,

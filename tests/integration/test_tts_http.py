@@ -127,6 +127,18 @@ def test_speed_factor_one_and_a_half_shortens_audio(client):
     assert 1.3 <= durations[1.0] / durations[1.5] <= 1.7, durations
 
 
+def test_auto_editor_cuts_pauses_inside_the_audio(client):
+    durations = {}
+    for cut in (False, True):
+        response = client.post(
+            "/api/v1/tts",
+            json={"text": TWELVE_SENTENCES[:300], "use_auto_editor": cut, "ae_margin": 0.0, **FAST_QUALITY},
+        )
+        assert response.status_code == 200, response.text
+        durations[cut] = decode_audio(response.content).duration_sec
+    assert durations[True] < 0.95 * durations[False], durations
+
+
 def test_ebu_normalisation_hits_the_requested_loudness(client):
     response = client.post(
         "/api/v1/tts",
@@ -234,7 +246,7 @@ def assert_error(response, status: int, code: str, param: str | None) -> dict:
         ({"text": "hi", "normalize_method": "loud"}, "normalize_method"),
         ({"text": "hi", "num_candidates_per_chunk": 11}, "num_candidates_per_chunk"),
         ({"text": "hi", "project": "a", "folder": "b"}, None),
-        ({"text": "hi", "use_auto_editor": True}, "use_auto_editor"),
+        ({"text": "hi", "keep_original_wav_ae": True}, "keep_original_wav_ae"),
         ({"text": "hi", "no_such_field": 1}, "no_such_field"),
     ],
 )

@@ -16,6 +16,7 @@ from pipeline.audio import (
     OUTPUT_FORMATS,
     StreamingEncoder,
     change_speed,
+    cut_silences,
     decode_audio,
     encode_audio,
     join_clips,
@@ -575,3 +576,25 @@ def test_unknown_normalisation_method_is_a_request_error():
     with pytest.raises(InvalidRequest) as error:
         normalize_loudness(tone(220, 0.5), "rms")  # type: ignore[arg-type]
     assert error.value.param == "normalize_method"
+
+
+def test_cut_silences_removes_a_long_pause_down_to_its_margins():
+    burst = tone(440, 1.0).samples
+    clip = AudioClip(np.concatenate([burst, silence(1.5), burst]), RATE, text="two bursts")
+    cut = cut_silences(clip, threshold=0.06, margin_sec=0.2)
+    # 1.5 s of pause becomes 2 x 0.2 s of margin; librosa's 2048-sample frames widen each sound
+    # interval by up to a frame (about 0.05 s a side here). The tones are kept whole.
+    assert 2.0 + 0.4 - 0.02 <= cut.duration_sec <= 2.0 + 0.4 + 0.15
+    assert audible_samples(cut) >= audible_samples(clip) - round(0.02 * RATE)
+    assert cut.text == "two bursts"
+
+
+def test_cut_silences_leaves_pauses_shorter_than_both_margins():
+    burst = tone(440, 1.0).samples
+    clip = AudioClip(np.concatenate([burst, silence(0.3), burst]), RATE)
+    assert cut_silences(clip, threshold=0.06, margin_sec=0.2) is clip
+
+
+def test_cut_silences_shortens_speech_with_no_margin(speech: AudioClip):
+    cut = cut_silences(speech, threshold=0.06, margin_sec=0.0)
+    assert 0.5 * speech.duration_sec < cut.duration_sec < speech.duration_sec

@@ -283,12 +283,12 @@ class Ingress:
         headers = {
             "X-Engine": _engine_header(engine),
             "X-Generation-Seed": str(job.params.seed),
-            "Content-Disposition": f'attachment; filename="speech.{FILE_EXTENSIONS[fmt]}"',
         }
         if request.stream_format == "sse":
             return StreamingResponse(
                 _sse_events(first, chunks, fmt), media_type="text/event-stream", headers=headers
             )
+        headers["Content-Disposition"] = f'attachment; filename="speech.{FILE_EXTENSIONS[fmt]}"'
         return StreamingResponse(
             _audio_stream(first, chunks, fmt), media_type=MEDIA_TYPES[fmt], headers=headers
         )

@@ -196,6 +196,33 @@ def test_openai_client_gets_speech_in_every_format(piper_app, transcriber):
     assert container_format(mp3.content) == "mp3"
 
 
+def test_openai_sse_stream_carries_the_whole_audio_as_base64_deltas(client, transcriber):
+    import base64
+    import json
+
+    response = client.post(
+        "/v1/audio/speech",
+        json={
+            "model": "tts-1",
+            "input": TWELVE_SENTENCES[:250],
+            "response_format": "pcm",
+            "stream_format": "sse",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in response.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert events[-1]["type"] == "speech.audio.done"
+    deltas = [event for event in events[:-1] if event["type"] == "speech.audio.delta"]
+    assert len(deltas) == len(events) - 1 >= 2, "a multi-chunk text streams in several deltas"
+    audio = decode_pcm(b"".join(base64.b64decode(event["audio"]) for event in deltas), 24_000)
+    assert_speaks(transcriber, audio, TWELVE_SENTENCES[:250])
+
+
 def test_health_names_engines_and_ready_replicas(client):
     response = client.get("/api/v1/health")
     assert response.status_code == 200

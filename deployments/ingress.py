@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -18,10 +18,12 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.calls import resilient
 from deployments.http_errors import install_error_handlers
+from deployments.metrics import SpeechMetrics
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, OUTPUT_FORMATS, StreamingEncoder
+from pipeline.clip import AudioClip
 from pipeline.engines.base import EngineInfo
 from pipeline.errors import InvalidRequest
-from pipeline.graph import TTSPipeline
+from pipeline.graph import ChunkOutcome, TTSPipeline
 from pipeline.outputs import OutputStore
 from pipeline.schemas import OPENAI_MODELS, OpenAISpeechRequest, OutputFile, TTSRequest, TTSResponse
 from pipeline.serving import SpeechResult, SpeechService, native_output_stem
@@ -63,24 +65,38 @@ def _result_headers(result: SpeechResult) -> dict[str, str]:
     }
 
 
-async def _encoded_chunks(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncIterator[bytes]:
-    _, clip = first
+StreamedChunk = tuple[ChunkOutcome, AudioClip]
+StreamDone = Callable[[list[ChunkOutcome], float], None]
+
+
+async def _encoded_chunks(
+    first: StreamedChunk, rest: AsyncIterator[StreamedChunk], fmt: str, on_done: StreamDone
+) -> AsyncIterator[bytes]:
+    outcome, clip = first
+    outcomes, audio_sec = [outcome], clip.duration_sec
     encoder = StreamingEncoder(fmt, clip.sample_rate)
     yield encoder.encode(clip)
-    async for _, clip in rest:
+    async for outcome, clip in rest:
+        outcomes.append(outcome)
+        audio_sec += clip.duration_sec
         yield encoder.encode(clip)
     yield encoder.close()
+    on_done(outcomes, audio_sec)
 
 
-async def _audio_stream(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncIterator[bytes]:
-    async for data in _encoded_chunks(first, rest, fmt):
+async def _audio_stream(
+    first: StreamedChunk, rest: AsyncIterator[StreamedChunk], fmt: str, on_done: StreamDone
+) -> AsyncIterator[bytes]:
+    async for data in _encoded_chunks(first, rest, fmt, on_done):
         if data:
             yield data
 
 
-async def _sse_events(first: tuple, rest: AsyncIterator, fmt: str) -> AsyncIterator[str]:
+async def _sse_events(
+    first: StreamedChunk, rest: AsyncIterator[StreamedChunk], fmt: str, on_done: StreamDone
+) -> AsyncIterator[str]:
     """OpenAI's speech SSE events: base64 audio deltas, then a done event."""
-    async for data in _encoded_chunks(first, rest, fmt):
+    async for data in _encoded_chunks(first, rest, fmt, on_done):
         if data:
             event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
             yield f"data: {json.dumps(event)}\n\n"
@@ -141,6 +157,7 @@ class Ingress:
             defaults=self._settings.defaults,
         )
         self._outputs = OutputStore(self._settings.outputs_dir)
+        self._metrics = SpeechMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Server defaults (validation threshold, OpenAI voice map, ...) change without a restart."""
@@ -232,6 +249,7 @@ class Ingress:
             formats = [return_format, *(fmt for fmt in formats if fmt != return_format)]
         job = await self._service.native_job(request, tuple(formats))
         result = await self._service.run(job)
+        self._metrics.record("native", result.engine.name, result.chunks, result.rendered.clip.duration_sec)
         stored: list[dict[str, str]] = []
         if not wants_audio or len(formats) > 1:
             # Behind a Serve route prefix the outputs route lives under it (Serve sets root_path).
@@ -284,13 +302,17 @@ class Ingress:
             "X-Engine": _engine_header(engine),
             "X-Generation-Seed": str(job.params.seed),
         }
+
+        def on_done(outcomes: list[ChunkOutcome], audio_sec: float) -> None:
+            self._metrics.record("openai", engine.name, outcomes, audio_sec)
+
         if request.stream_format == "sse":
             return StreamingResponse(
-                _sse_events(first, chunks, fmt), media_type="text/event-stream", headers=headers
+                _sse_events(first, chunks, fmt, on_done), media_type="text/event-stream", headers=headers
             )
         headers["Content-Disposition"] = f'attachment; filename="speech.{FILE_EXTENSIONS[fmt]}"'
         return StreamingResponse(
-            _audio_stream(first, chunks, fmt), media_type=MEDIA_TYPES[fmt], headers=headers
+            _audio_stream(first, chunks, fmt, on_done), media_type=MEDIA_TYPES[fmt], headers=headers
         )
 
     @api.get("/v1/models")

@@ -67,11 +67,20 @@ def deploy_config(config: ServeDeploySchema, timeout_sec: float = 600) -> None:
     raise TimeoutError(f"applications not running after {timeout_sec:.0f} s: {states}")
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """A local Ray instance whose workers can import this repo, without usage stats or dashboard."""
+def init_ray(num_cpus: int | None = None, metrics_port: int | None = None) -> None:
+    """A local Ray instance whose workers can import this repo, without usage stats or dashboard.
+
+    ``metrics_port`` is where Ray's metrics agent serves Prometheus metrics (``/metrics``).
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(namespace="serve", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(
+        namespace="serve",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        _metrics_export_port=metrics_port,
+    )
 
 
 def main() -> None:
@@ -80,10 +89,16 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("METRICS_PORT", "9090")),
+        help="Prometheus /metrics",
+    )
     options = parser.parse_args()
 
     config = load_config(options.config, options.host, options.port, _args_from_environment())
-    init_ray(options.num_cpus)
+    init_ray(options.num_cpus, options.metrics_port)
     deploy_config(config)
     base_url = f"http://{options.host}:{options.port}"
     with urllib.request.urlopen(f"{base_url}/api/v1/health", timeout=60) as response:
@@ -93,6 +108,7 @@ def main() -> None:
         f"\nChatterbox TTS is serving at {base_url}  (docs: {base_url}/docs)\n"
         f"  TTS engine: {engines['tts']['name']} ({engines['tts']['model']}) on {engines['tts']['device']}\n"
         f"  Validator:  {engines['validator']['model']} on {engines['validator']['device']}\n"
+        f"  Metrics:    http://{options.host}:{options.metrics_port}/metrics (ray_serve_*, ray_tts_*)\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

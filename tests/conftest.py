@@ -35,8 +35,9 @@ class ServeApps:
     """The apps deployed on the test Serve instance. Serve deploys declaratively (a config names
     every app there is), so each change re-sends the whole set; unchanged apps are left running."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, metrics_port: int) -> None:
         self.port = port
+        self.metrics_port = metrics_port
         self._base = None
         self._applications: dict = {}
 
@@ -66,8 +67,9 @@ def serve_apps() -> Iterator[ServeApps]:
 
     from deployments.launcher import init_ray
 
-    init_ray(num_cpus=TEST_CLUSTER_CPUS)
-    yield ServeApps(free_port())
+    metrics_port = free_port()
+    init_ray(num_cpus=TEST_CLUSTER_CPUS, metrics_port=metrics_port)
+    yield ServeApps(free_port(), metrics_port)
     serve.shutdown()
     ray.shutdown()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import time
 
 import av
+import httpx
 import numpy as np
 import pyloudnorm
 import pytest
@@ -355,3 +357,34 @@ def _tone_wav() -> bytes:
     t = np.arange(24000) / 24000
     soundfile.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * t), 24000, format="WAV")
     return buffer.getvalue()
+
+
+def test_speech_metrics_are_exported_for_prometheus(client, serve_apps):
+    client.post("/api/v1/tts", json={"text": ONE_SENTENCE, "export_formats": ["wav"], **FAST_QUALITY})
+    client.post("/v1/audio/speech", json={"input": "Counting this one too.", "response_format": "wav"})
+    wanted = {
+        "ray_tts_requests_total",
+        "ray_tts_chunks_total",
+        "ray_tts_candidates_total",
+        "ray_tts_audio_seconds_total",
+    }
+    deadline = time.monotonic() + 60  # Ray's metrics agent exports every few seconds
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{serve_apps.metrics_port}/metrics", timeout=10).text
+        samples = [
+            line
+            for line in text.splitlines()
+            if line.startswith("ray_tts_") and 'application="chatterbox"' in line
+        ]
+        names = {line.split("{")[0] for line in samples}
+        endpoints = {
+            tag for tag in ("native", "openai") if any(f'endpoint="{tag}"' in line for line in samples)
+        }
+        if wanted <= names and endpoints == {"native", "openai"}:
+            break
+        assert time.monotonic() < deadline, f"missing metrics: {wanted - names}, endpoints seen: {endpoints}"
+        time.sleep(2)
+    audio_seconds = [
+        float(line.rsplit(" ", 1)[1]) for line in samples if line.startswith("ray_tts_audio_seconds_total")
+    ]
+    assert sum(audio_seconds) > 2.0

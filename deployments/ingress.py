@@ -254,8 +254,12 @@ class Ingress:
         if not wants_audio or len(formats) > 1:
             # Behind a Serve route prefix the outputs route lives under it (Serve sets root_path).
             url_prefix = f"{http_request.scope.get('root_path', '')}/outputs"
-            stored = self._outputs.save(
-                request.output_folder, native_output_stem(request), result.rendered.files, url_prefix
+            stored = await asyncio.to_thread(
+                self._outputs.save,
+                request.output_folder,
+                native_output_stem(request),
+                result.rendered.files,
+                url_prefix,
             )
         if not wants_audio:
             return Response(

@@ -6,6 +6,7 @@ and turn the result back into HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -74,7 +75,7 @@ class SpeechService:
         self.defaults = defaults
 
     async def native_job(self, request: TTSRequest, formats: tuple[str, ...]) -> TTSJob:
-        voice = self._load_voice(request.reference_audio_filename, "reference_audio_filename")
+        voice = await self._load_voice(request.reference_audio_filename, "reference_audio_filename")
         await self._check_capabilities(voice, "reference_audio_filename")
         validate = not request.bypass_whisper_checking
         if validate and request.whisper_model_name is not None:
@@ -131,7 +132,7 @@ class SpeechService:
         )
 
     async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
-        voice = self._openai_voice(request.voice)
+        voice = await self._openai_voice(request.voice)
         await self._check_capabilities(voice, "voice")
         return TTSJob(
             text=request.input,
@@ -165,14 +166,15 @@ class SpeechService:
     def voice_names(self) -> list[str]:
         return self._voices.names()
 
-    def _openai_voice(self, name: str) -> VoiceRef | None:
+    async def _openai_voice(self, name: str) -> VoiceRef | None:
         if name in self.defaults.openai_voices:
             mapped = self.defaults.openai_voices[name]
-            return self._load_voice(mapped, "voice") if mapped else None
-        return self._load_voice(name, "voice")
+            return await self._load_voice(mapped, "voice") if mapped else None
+        return await self._load_voice(name, "voice")
 
-    def _load_voice(self, name: str | None, param: str) -> VoiceRef | None:
-        return None if name is None else self._voices.load(name, param)
+    async def _load_voice(self, name: str | None, param: str) -> VoiceRef | None:
+        # File reading and decoding stay off the ingress's event loop, which serves every request.
+        return None if name is None else await asyncio.to_thread(self._voices.load, name, param)
 
     async def _check_capabilities(self, voice: VoiceRef | None, param: str) -> None:
         engine = await self._engine_info()

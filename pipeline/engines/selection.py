@@ -45,10 +45,14 @@ def _chatterbox(settings: AppSettings) -> TTSEngine:
         max_new_tokens_cap=config.max_new_tokens,
         speech_tokens_per_char=config.speech_tokens_per_char,
     )
-    if settings.engine == "auto" and chatterbox_weights_available(engine_settings) is None:
+    # Only the hub path can download; a configured checkpoint_dir fails in load() naming what is missing.
+    if config.checkpoint_dir is None and chatterbox_weights_available(engine_settings) is None:
         if not config.download:
-            raise EngineUnavailable("no local Chatterbox checkpoint or cached weights, and downloads are off")
-        _probe_hub(config.hf_repo)
+            raise EngineUnavailable(
+                f"{config.hf_repo} is not in the Hugging Face cache and chatterbox.download is off"
+            )
+        if settings.engine == "auto":
+            _probe_hub(config.hf_repo)
     engine = ChatterboxEngine.load(engine_settings)
     logger.warning("TTS engine: Chatterbox %s on %s", engine.info.model, engine.info.device)
     return engine

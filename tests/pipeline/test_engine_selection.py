@@ -43,6 +43,13 @@ def test_explicit_chatterbox_with_a_broken_checkpoint_fails_naming_the_cause(tmp
         build_tts_engine(settings(engine="chatterbox", chatterbox={"checkpoint_dir": str(tmp_path)}))
 
 
+def test_explicit_chatterbox_does_not_download_when_downloads_are_off():
+    with pytest.raises(EngineUnavailable, match="download is off"):
+        build_tts_engine(
+            settings(engine="chatterbox", chatterbox={"hf_repo": MISSING_REPO, "download": False})
+        )
+
+
 def test_auto_with_a_local_checkpoint_serves_chatterbox(chatterbox_checkpoint):
     engine = build_tts_engine(
         settings(engine="auto", chatterbox={"checkpoint_dir": str(chatterbox_checkpoint)})

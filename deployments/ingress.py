@@ -289,10 +289,10 @@ class Ingress:
     @api.get("/outputs/{path:path}", include_in_schema=False)
     async def output_file(self, path: str) -> FileResponse:
         file_path = self._outputs.path_of(path)
-        fmt = next((fmt for fmt, ext in FILE_EXTENSIONS.items() if file_path.suffix == f".{ext}"), None)
-        return FileResponse(
-            file_path, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream") if fmt else None
+        media_type = next(
+            (MEDIA_TYPES[fmt] for fmt, ext in FILE_EXTENSIONS.items() if file_path.suffix == f".{ext}"), None
         )
+        return FileResponse(file_path, media_type=media_type)
 
     @api.post("/v1/audio/speech")
     async def openai_speech(self, request: OpenAISpeechRequest) -> Response:

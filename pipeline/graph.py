@@ -18,7 +18,7 @@ from pipeline.errors import GenerationFailed, ServiceError
 from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
 from pipeline.text import TextOptions
-from pipeline.validation import CandidateResult, pick_candidate, score_transcript
+from pipeline.validation import DEFAULT_PASS_THRESHOLD, CandidateResult, pick_candidate, score_transcript
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class QualityPolicy:
     num_candidates: int = 1
     max_attempts: int = 1
     validate: bool = False
-    threshold: float = 0.85
+    threshold: float = DEFAULT_PASS_THRESHOLD
     use_longest_transcript_on_fail: bool = True
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.validation import DEFAULT_PASS_THRESHOLD
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -105,7 +107,7 @@ class WhisperConfig(_Section):
 class DefaultsConfig(_Section):
     """Server-side defaults; changeable at runtime through the Ingress user_config."""
 
-    validation_threshold: float = Field(0.85, ge=0.0, le=1.0)
+    validation_threshold: float = Field(DEFAULT_PASS_THRESHOLD, ge=0.0, le=1.0)
     openai_num_candidates: int = Field(1, ge=1, le=10)
     openai_max_attempts: int = Field(2, ge=1, le=10)
     openai_validate: bool = False

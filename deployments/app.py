@@ -15,11 +15,12 @@ from deployments.ingress import Ingress
 from deployments.postprocess import PostProcess
 from deployments.tts import TTS
 from deployments.validator import Validator
+from deployments.vc import VC
 from pipeline.settings import AppSettings, DeploymentSpec
 
 logger = logging.getLogger("ray.serve")
 
-STAGE_SPECS = ("ingress", "chunker", "tts", "validator", "postprocess")
+STAGE_SPECS = ("ingress", "chunker", "tts", "vc", "validator", "postprocess")
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -29,10 +30,11 @@ def build_app(args: dict[str, Any]) -> Application:
     payload = settings.model_dump()
     chunker = _deployment(Chunker, "Chunker", settings.chunker).bind()
     tts = _deployment(TTS, "TTS", settings.tts).bind(payload)
+    vc = _deployment(VC, "VC", settings.vc).bind(payload)
     validator = _deployment(Validator, "Validator", settings.validator).bind(payload)
     postprocess = _deployment(PostProcess, "PostProcess", settings.postprocess).bind()
     return _deployment(Ingress, "Ingress", settings.ingress).bind(
-        chunker, tts, validator, postprocess, payload
+        chunker, tts, vc, validator, postprocess, payload
     )
 
 
@@ -47,8 +49,8 @@ def resolve_settings(settings: AppSettings, has_gpus: bool) -> AppSettings:
             "No GPUs in the Ray cluster: GPU deployments run on CPU with their cpu_fallback resources"
         )
     updates: dict[str, Any] = {name: getattr(settings, name).for_cluster(has_gpus) for name in STAGE_SPECS}
-    updates["voices_dir"] = str(Path(settings.voices_dir).expanduser().resolve())
-    updates["outputs_dir"] = str(Path(settings.outputs_dir).expanduser().resolve())
+    for folder in ("voices_dir", "vc_inputs_dir", "outputs_dir"):
+        updates[folder] = str(Path(getattr(settings, folder)).expanduser().resolve())
     if settings.chatterbox.checkpoint_dir:
         checkpoint_dir = str(Path(settings.chatterbox.checkpoint_dir).expanduser().resolve())
         updates["chatterbox"] = settings.chatterbox.model_copy(update={"checkpoint_dir": checkpoint_dir})

@@ -18,22 +18,30 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.calls import resilient
 from deployments.http_errors import install_error_handlers
+from deployments.library_routes import LibraryRoutes
+from deployments.library_routes import router as library_router
 from deployments.metrics import SpeechMetrics
-from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, OUTPUT_FORMATS, StreamingEncoder
+from deployments.responses import AUDIO_RESPONSE_MODES, audio_response, requested_formats, store_outputs
+from deployments.vc_routes import VCRoutes
+from deployments.vc_routes import router as vc_router
+from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, StreamingEncoder
 from pipeline.clip import AudioClip
+from pipeline.conversion import VoiceConversionPipeline
+from pipeline.conversion_serving import ConversionService
 from pipeline.engines.base import EngineInfo
-from pipeline.errors import InvalidRequest
 from pipeline.graph import ChunkOutcome, TTSPipeline
+from pipeline.library import AudioLibrary, LibraryKind
 from pipeline.outputs import OutputStore
 from pipeline.schemas import OPENAI_MODELS, OpenAISpeechRequest, OutputFile, TTSRequest, TTSResponse
 from pipeline.serving import SpeechResult, SpeechService, native_output_stem
 from pipeline.settings import AppSettings, DefaultsConfig
-from pipeline.voices import VoiceDirectory
+from pipeline.sources import AudioSources
+from pipeline.storage import LocalDirectoryStore
+from pipeline.url_sources import UrlFetcher
 
 logger = logging.getLogger("ray.serve")
 
 VERSION = "0.1.0"
-AUDIO_RESPONSE_MODES = {"stream", "file", "download"}
 ENGINE_INFO_TIMEOUT_SEC = 5.0
 
 api = FastAPI(
@@ -42,6 +50,8 @@ api = FastAPI(
     description="Text to speech with voice cloning, Whisper-validated generation and an OpenAI dialect.",
 )
 install_error_handlers(api)
+api.include_router(library_router)
+api.include_router(vc_router)
 
 
 # Module helpers come before the class: serve.ingress snapshots the routes' globals when it decorates.
@@ -128,20 +138,38 @@ def _deployment_states() -> dict[str, dict[str, Any]]:
     }
 
 
+def _libraries(settings: AppSettings) -> tuple[AudioLibrary, AudioLibrary]:
+    limits = settings.library
+    voices = AudioLibrary(
+        LocalDirectoryStore(settings.voices_dir),
+        LibraryKind("voice", "voice_file", limits.voice_min_sec, limits.voice_max_sec, newest_first=False),
+    )
+    vc_inputs = AudioLibrary(
+        LocalDirectoryStore(settings.vc_inputs_dir),
+        LibraryKind(
+            "VC input", "vc_input_file", limits.vc_input_min_sec, limits.vc_input_max_sec, newest_first=True
+        ),
+    )
+    return voices, vc_inputs
+
+
 @serve.ingress(api)
-class Ingress:
+class Ingress(LibraryRoutes, VCRoutes):
     def __init__(
         self,
         chunker: DeploymentHandle,
         tts: DeploymentHandle,
+        vc: DeploymentHandle,
         validator: DeploymentHandle,
         postprocess: DeploymentHandle,
         settings: dict,
     ) -> None:
         self._settings = AppSettings.model_validate(settings)
         self._tts = tts
+        self._vc = vc
         self._validator = validator
         self._engine_info: EngineInfo | None = None
+        self._vc_engine_info: EngineInfo | None = None
         self._validator_info: dict[str, str] | None = None
         self._pipeline = TTSPipeline(
             split=resilient(chunker, "split"),
@@ -149,12 +177,20 @@ class Ingress:
             transcribe=resilient(validator, "transcribe"),
             render=resilient(postprocess, "render"),
         )
+        self._voices, self._vc_inputs = _libraries(self._settings)
+        sources = AudioSources(self._voices, self._vc_inputs, UrlFetcher(self._settings.url_sources))
         self._service = SpeechService(
             self._pipeline,
-            VoiceDirectory(self._settings.voices_dir),
+            sources,
             engine_info=self._tts_info,
             validator_model=self._validator_model,
             defaults=self._settings.defaults,
+        )
+        self._conversions = ConversionService(
+            VoiceConversionPipeline(resilient(vc, "convert")),
+            render=resilient(postprocess, "render"),
+            sources=sources,
+            engine_info=self._vc_info,
         )
         self._outputs = OutputStore(self._settings.outputs_dir)
         self._metrics = SpeechMetrics()
@@ -168,6 +204,11 @@ class Ingress:
         if self._engine_info is None:
             self._engine_info = await self._tts.info.remote()
         return self._engine_info
+
+    async def _vc_info(self) -> EngineInfo:
+        if self._vc_engine_info is None:
+            self._vc_engine_info = await self._vc.info.remote()
+        return self._vc_engine_info
 
     async def _validator_details(self) -> dict[str, str]:
         if self._validator_info is None:
@@ -186,6 +227,8 @@ class Ingress:
                 "api_docs": "/docs",
                 "health_check": "/api/v1/health",
                 "tts_generation": "/api/v1/tts",
+                "voice_conversion": "/api/v1/vc",
+                "voices": "/api/v1/voices",
                 "openai_speech": "/v1/audio/speech",
             },
         }
@@ -199,18 +242,22 @@ class Ingress:
         """
         deployments = _deployment_states()
         engines: dict[str, Any] = {}
-        try:
-            engine = await asyncio.wait_for(self._tts_info(), ENGINE_INFO_TIMEOUT_SEC)
-            engines["tts"] = {
-                "name": engine.name,
-                "model": engine.model,
-                "device": engine.device,
-                "sample_rate": engine.sample_rate,
-                "supports_cloning": engine.supports_cloning,
-                **engine.details,
-            }
-        except (TimeoutError, RayError) as error:
-            engines["tts"] = {"name": "unavailable", "error": str(error) or type(error).__name__}
+        for stage, info in (("tts", self._tts_info), ("vc", self._vc_info)):
+            try:
+                engine = await asyncio.wait_for(info(), ENGINE_INFO_TIMEOUT_SEC)
+                engines[stage] = {
+                    "name": engine.name,
+                    "model": engine.model,
+                    "device": engine.device,
+                    "sample_rate": engine.sample_rate,
+                    "supports_cloning": engine.supports_cloning,
+                    **engine.details,
+                }
+            except (TimeoutError, RayError) as error:
+                engines[stage] = {"name": "unavailable", "error": str(error) or type(error).__name__}
+        if engines["vc"].get("name") == "none":
+            # No VC model (the offline Piper default): VC requests get 422; the rest is healthy.
+            engines["vc"]["available"] = False
         try:
             engines["validator"] = await asyncio.wait_for(self._validator_details(), ENGINE_INFO_TIMEOUT_SEC)
         except (TimeoutError, RayError) as error:
@@ -239,27 +286,18 @@ class Ingress:
         return_format: Annotated[str | None, Query(description="Format of the audio body")] = None,
     ) -> Response:
         wants_audio = response_mode.lower() in AUDIO_RESPONSE_MODES
-        formats = list(dict.fromkeys(request.export_formats))
-        if return_format is not None:
-            return_format = return_format.lower()
-            if return_format not in OUTPUT_FORMATS:
-                raise InvalidRequest(
-                    f"return_format must be one of {', '.join(OUTPUT_FORMATS)}", param="return_format"
-                )
-            formats = [return_format, *(fmt for fmt in formats if fmt != return_format)]
+        formats = requested_formats(request.export_formats, return_format)
         job = await self._service.native_job(request, tuple(formats))
         result = await self._service.run(job)
         self._metrics.record("native", result.engine.name, result.chunks, result.rendered.clip.duration_sec)
         stored: list[dict[str, str]] = []
         if not wants_audio or len(formats) > 1:
-            # Behind a Serve route prefix the outputs route lives under it (Serve sets root_path).
-            url_prefix = f"{http_request.scope.get('root_path', '')}/outputs"
-            stored = await asyncio.to_thread(
-                self._outputs.save,
+            stored = await store_outputs(
+                self._outputs,
+                http_request,
                 request.output_folder,
                 native_output_stem(request),
                 result.rendered.files,
-                url_prefix,
             )
         if not wants_audio:
             return Response(
@@ -276,15 +314,9 @@ class Ingress:
                 media_type="application/json",
                 headers=_result_headers(result),
             )
-        fmt = formats[0]
-        stem = stored[0]["filename"].rsplit(".", 1)[0] if stored else native_output_stem(request)
-        headers = _result_headers(result) | {
-            "Content-Disposition": f'attachment; filename="{stem}.{FILE_EXTENSIONS[fmt]}"'
-        }
-        alternatives = "|".join(f"{item['format']}:{item['url']}" for item in stored[1:])
-        if alternatives:
-            headers["X-Alternative-Formats"] = alternatives
-        return Response(content=result.rendered.files[fmt], media_type=MEDIA_TYPES[fmt], headers=headers)
+        return audio_response(
+            result.rendered.files, formats[0], native_output_stem(request), stored, _result_headers(result)
+        )
 
     @api.get("/outputs/{path:path}", include_in_schema=False)
     async def output_file(self, path: str) -> FileResponse:
@@ -331,12 +363,23 @@ class Ingress:
 
     @api.get("/v1/audio/voices")
     async def voices(self) -> dict[str, Any]:
+        """OpenAI's built-in names (mapped to configurable defaults), then the voice library."""
+        entries = await asyncio.to_thread(self._voices.entries)
         return {
             "voices": [
                 *(
                     {"id": name, "name": name, "builtin": True}
                     for name in self._service.defaults.openai_voices
                 ),
-                *({"id": name, "name": name, "builtin": False} for name in self._service.voice_names()),
+                *(
+                    {
+                        "id": entry.filename,
+                        "name": entry.metadata.name,
+                        "builtin": False,
+                        "folder_path": entry.folder_path,
+                        "tags": entry.metadata.tags,
+                    }
+                    for entry in entries
+                ),
             ]
         }

@@ -28,6 +28,9 @@ class SpeechMetrics:
         self._candidates = Counter(
             "tts_candidates", description="Candidates generated, retries included.", tag_keys=TAGS
         )
+        self._vc_windows = Counter(
+            "tts_vc_windows", description="Voice-conversion windows converted.", tag_keys=TAGS
+        )
         self._audio_seconds = Counter(
             "tts_audio_seconds", description="Seconds of audio returned.", tag_keys=TAGS
         )
@@ -41,4 +44,11 @@ class SpeechMetrics:
         failed = sum(not chunk.passed for chunk in chunks)
         if failed:
             self._failed.inc(failed, tags=tags)
+        self._audio_seconds.inc(audio_sec, tags=tags)
+
+    def record_conversion(self, engine: str, windows: int, audio_sec: float) -> None:
+        """One answered voice conversion (endpoint "vc"): its windows and the audio returned."""
+        tags = {"endpoint": "vc", "engine": engine}
+        self._requests.inc(tags=tags)
+        self._vc_windows.inc(windows, tags=tags)
         self._audio_seconds.inc(audio_sec, tags=tags)

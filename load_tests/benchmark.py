@@ -35,6 +35,10 @@ TWELVE_SENTENCES = (
     "He carried it back gently and set it beside its mother. The sun was warm when he returned home. "
     "His wife had made fresh bread and a pot of strong coffee. They sat and talked about the harvest."
 )
+# About 5 s of Piper speech; the VC rows cut it to their source length.
+VC_SOURCE_TEXT = (
+    "Morning light spread slowly across the quiet valley. A farmer walked out to check on his sheep."
+)
 STANDARD_COLUMNS = {"name", "runs", "p50_sec", "p95_sec", "audio_sec", "rtf"}
 FAST = {"num_candidates_per_chunk": 1, "max_attempts_per_candidate": 1, "export_formats": ["wav"]}
 
@@ -127,22 +131,26 @@ def http_rows(base_url: str, repeats: int, label: str) -> list[dict[str, Any]]:
     return rows
 
 
-def chatterbox_rows(checkpoint: Path | None) -> list[dict[str, Any]]:
-    """Chatterbox on this machine: a shape-and-cost figure with random weights, not a quality one."""
+def chatterbox_checkpoint(checkpoint: Path | None) -> Path:
+    """``checkpoint``, or else the tests' random-weight one (2-layer T3, full-size S3Gen): no hub here."""
+    if checkpoint is not None:
+        return checkpoint
     import tempfile
 
+    from tests.chatterbox_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(Path(tempfile.mkdtemp(prefix="chatterbox-bench-")))
+
+
+def chatterbox_rows(checkpoint: Path | None) -> list[dict[str, Any]]:
+    """Chatterbox on this machine: a shape-and-cost figure with random weights, not a quality one."""
     import torch
 
     from pipeline.engines.base import VoiceRef
     from pipeline.engines.chatterbox import ChatterboxEngine, ChatterboxSettings
+    from tests.chatterbox_checkpoint import piper_sentence
 
-    if checkpoint is None:
-        # The tests' random-weight checkpoint (2-layer T3, full-size S3Gen): no hub here.
-        from tests.chatterbox_checkpoint import piper_sentence, write_random_checkpoint
-
-        checkpoint = write_random_checkpoint(Path(tempfile.mkdtemp(prefix="chatterbox-bench-")))
-    else:
-        from tests.chatterbox_checkpoint import piper_sentence
+    checkpoint = chatterbox_checkpoint(checkpoint)
     engine = ChatterboxEngine.load(
         ChatterboxSettings(
             checkpoint_dir=str(checkpoint), cpu_threads=torch.get_num_threads(), max_new_tokens_cap=50
@@ -169,6 +177,81 @@ def chatterbox_rows(checkpoint: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
+def vc_in_process(
+    checkpoint: Path | None, source_sec: float = 4.0, chunk_sec: float = 2.0, overlap_sec: float = 0.25
+) -> list[dict[str, Any]]:
+    """Chatterbox VC (S3Gen) in this process: one engine call on the whole source, then the same
+    source through VoiceConversionPipeline's windows, converted concurrently in threads (as one
+    replica's thread pool would). Random weights: a cost figure, not a quality one."""
+    import asyncio
+
+    import numpy as np
+    import torch
+
+    from pipeline.clip import AudioClip
+    from pipeline.conversion import VoiceConversionPipeline, plan_windows
+    from pipeline.engines.base import ConversionParams, VoiceRef
+    from pipeline.engines.chatterbox import ChatterboxSettings
+    from pipeline.engines.chatterbox_vc import ChatterboxVCEngine
+    from tests.chatterbox_checkpoint import piper_sentence
+
+    threads = torch.get_num_threads()
+    engine = ChatterboxVCEngine.load(
+        ChatterboxSettings(checkpoint_dir=str(chatterbox_checkpoint(checkpoint)), cpu_threads=threads)
+    )
+    speech = piper_sentence(VC_SOURCE_TEXT)
+    source = AudioClip(np.resize(speech.samples, round(source_sec * speech.sample_rate)), speech.sample_rate)
+    target = VoiceRef.from_clip("bench", piper_sentence("A reference voice for the benchmark run."))
+    label = f"in-process chatterbox VC ({engine.info.device}), {source.duration_sec:.0f} s"
+    # torch's first pass through S3Gen costs seconds more than later ones; keep that out of the rows.
+    warm_up = VoiceRef.from_clip("warm-up", target.audio.with_samples(0.9 * target.audio.samples))
+    engine.convert(
+        source.with_samples(source.samples[: source.sample_rate // 2]), warm_up, ConversionParams(seed=1)
+    )
+    rows = []
+    for cache in ("target cache miss", "target cache hit"):
+        started = time.perf_counter()
+        clip = engine.convert(source, target, ConversionParams(seed=1))
+        wall = time.perf_counter() - started
+        meta = clip.metadata
+        rows.append(
+            row(
+                f"{label}, one call, {cache}",
+                [wall],
+                clip.duration_sec,
+                conditioning_sec=round(meta["conditioning_sec"], 3),
+                tokenize_sec=round(meta["tokenize_sec"], 3),
+                s3gen_rtf=round(clip.duration_sec / meta["rendering_sec"], 3),
+                target_sec=round(target.audio.duration_sec, 2),
+                threads=threads,
+            )
+        )
+
+    async def convert_in_thread(
+        piece: AudioClip, voice: VoiceRef | None, params: ConversionParams
+    ) -> AudioClip:
+        return await asyncio.to_thread(engine.convert, piece, voice, params)
+
+    pipeline = VoiceConversionPipeline(convert_in_thread, sample_rate=engine.info.sample_rate)
+    windows = plan_windows(
+        round(source.duration_sec * engine.info.sample_rate), engine.info.sample_rate, chunk_sec, overlap_sec
+    )
+    started = time.perf_counter()
+    result = asyncio.run(pipeline.run(source, target, 1, True, chunk_sec, overlap_sec))
+    wall = time.perf_counter() - started
+    rows.append(
+        row(
+            f"{label}, windows of {chunk_sec:g} s + {overlap_sec:g} s",
+            [wall],
+            result.audio.duration_sec,
+            windows=len(windows),
+            converted_sec=round(sum(w.num_samples for w in windows) / engine.info.sample_rate, 2),
+            threads=threads,
+        )
+    )
+    return rows
+
+
 def deploy(port: int, tts_replicas: int) -> str:
     from deployments.launcher import deploy_config, load_config
 
@@ -182,6 +265,65 @@ def deploy(port: int, tts_replicas: int) -> str:
     }
     deploy_config(load_config(REPO_ROOT / "serve_config.yaml", port=port, args_override=args))
     return f"http://127.0.0.1:{port}"
+
+
+def vc_http_rows(checkpoint: Path, port: int, source_sec: float = 4.0) -> list[dict[str, Any]]:
+    """``POST /api/v1/vc`` on the Chatterbox app (random checkpoint), 1 and 2 VC replicas: the same
+    source as the in-process rows, windows of 2 s + 0.25 s spread over the replicas."""
+    import tempfile
+
+    import numpy as np
+    import soundfile
+
+    from deployments.launcher import deploy_config, load_config
+    from tests.chatterbox_checkpoint import piper_sentence
+
+    data = Path(tempfile.mkdtemp(prefix="chatterbox-bench-data-"))
+    for folder in ("voices", "vc_inputs", "outputs"):
+        (data / folder).mkdir()
+    speech = piper_sentence(VC_SOURCE_TEXT)
+    source = np.resize(speech.samples, round(source_sec * speech.sample_rate))
+    soundfile.write(data / "vc_inputs" / "source.wav", source, speech.sample_rate)
+    target = piper_sentence("A reference voice for the benchmark run.")
+    soundfile.write(data / "voices" / "target.wav", target.samples, target.sample_rate)
+    body = {
+        "input_audio_source": "source.wav",
+        "target_voice_source": "target.wav",
+        "chunk_sec": 2,
+        "overlap_sec": 0.25,
+        "seed": 1,
+        "export_formats": ["wav"],
+    }
+    rows = []
+    for replicas in (1, 2):
+        args = {
+            "engine": "chatterbox",
+            "chatterbox": {"checkpoint_dir": str(checkpoint), "download": False},
+            "voices_dir": str(data / "voices"),
+            "vc_inputs_dir": str(data / "vc_inputs"),
+            "outputs_dir": str(data / "outputs"),
+            "vc": {"num_replicas": replicas, "autoscaling": None, "cpu_fallback": {"max_replicas": replicas}},
+        }
+        deploy_config(load_config(REPO_ROOT / "serve_config.yaml", port=port, args_override=args))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
+            # The first call warms torch and fills both the target cache and every replica.
+            for _ in range(replicas):
+                client.post("/api/v1/vc", json=body).raise_for_status()
+
+            def convert() -> float:
+                response = client.post("/api/v1/vc", json=body)
+                response.raise_for_status()
+                return float(response.headers["x-audio-duration-sec"])
+
+            walls, audio_sec = timed(convert, 2)
+        rows.append(
+            row(
+                f"HTTP chatterbox VC, {replicas} VC replica{'s' * (replicas > 1)}, {source_sec:g} s",
+                walls,
+                audio_sec,
+            )
+        )
+    return rows
 
 
 def main() -> None:
@@ -203,8 +345,13 @@ def main() -> None:
 
     rows = in_process_rows(options.repeats)
     if not options.skip_chatterbox:
-        rows += chatterbox_rows(options.chatterbox_checkpoint)
+        checkpoint = chatterbox_checkpoint(options.chatterbox_checkpoint)
+        rows += chatterbox_rows(checkpoint)
+        rows += vc_in_process(checkpoint)
     init_ray(num_cpus=4)
+    if not options.skip_chatterbox:
+        rows += vc_http_rows(checkpoint, options.port)
+        serve.shutdown()
     for replicas in (1, 2):
         base_url = deploy(options.port, replicas)
         rows += http_rows(base_url, options.repeats, f"{replicas} TTS replica{'s' * (replicas > 1)}")
@@ -231,6 +378,15 @@ def main() -> None:
             2,
         ),
     }
+    if not options.skip_chatterbox:
+        vc_one = by_name["HTTP chatterbox VC, 1 VC replica, 4 s"]["p50_sec"]
+        summary["vc_two_over_one_replica"] = round(
+            by_name["HTTP chatterbox VC, 2 VC replicas, 4 s"]["p50_sec"] / vc_one, 2
+        )
+        windowed = next(
+            r for r in rows if r["name"].startswith("in-process chatterbox VC") and "windows" in r
+        )
+        summary["vc_http_over_in_process_windows"] = round(vc_one / windowed["p50_sec"], 2)
     print_table(rows, summary)
     REPORTS_DIR.mkdir(exist_ok=True)
     report = {

@@ -13,7 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 import av
 import librosa
@@ -39,26 +40,46 @@ MEDIA_TYPES = {
 FILE_EXTENSIONS = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac", "pcm": "pcm"}
 
 SPEED_FACTOR_RANGE = (0.25, 4.0)
+# Input rates decoders accept: telephone speech up to studio masters.
+MIN_INPUT_RATE, MAX_INPUT_RATE = 4_000, 384_000
 
 
-def decode_audio(data: bytes) -> AudioClip:
+def decode_audio(source: bytes | Path | BinaryIO, max_duration_sec: float | None = None) -> AudioClip:
     """Any common audio file (wav, mp3, flac, ogg, m4a, ...) as one mono clip at its own rate.
 
     libsndfile is tried first (fast and exact for wav/flac/ogg/mp3); PyAV decodes what it rejects:
-    m4a/aac, and streamed FLAC whose header leaves the length unknown.
+    m4a/aac, and streamed FLAC whose header leaves the length unknown. ``source`` may be a file
+    path or an open binary file, so an upload is decoded from disk rather than held in memory twice. With
+    ``max_duration_sec`` a file that would decode to more audio is refused before it is expanded
+    (a few KB of FLAC can claim hours of audio): from the header where it states the length, else
+    while decoding.
     """
-    if not data:
+    if isinstance(source, bytes) and not source:
+        raise InvalidRequest("The audio file is empty.")
+    if isinstance(source, Path) and source.stat().st_size == 0:
         raise InvalidRequest("The audio file is empty.")
     try:
-        channels, sample_rate = _decode_with_soundfile(data)
-    except (soundfile.LibsndfileError, ValueError, MemoryError):
-        channels, sample_rate = _decode_with_pyav(data)
+        channels, sample_rate = _decode_with_soundfile(_readable(source), max_duration_sec)
+    except (soundfile.LibsndfileError, ValueError, MemoryError, RuntimeError):
+        channels, sample_rate = _decode_with_pyav(_readable(source), max_duration_sec)
     if channels.shape[0] == 0:
         raise InvalidRequest("The audio file contains no audio samples.")
     samples = channels.mean(axis=1, dtype=np.float32)
     if not np.isfinite(samples).all():
         raise InvalidRequest("The audio file contains NaN or infinite samples.")
     return AudioClip(samples, sample_rate)
+
+
+def probe_audio(path: Path) -> tuple[float, int]:
+    """(duration_sec, sample_rate) from the file's header, without decoding it (for listings)."""
+    try:
+        info = soundfile.info(str(path))
+        return info.frames / info.samplerate, int(info.samplerate)
+    except (soundfile.LibsndfileError, RuntimeError):
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            duration = container.duration / av.time_base if container.duration else 0.0
+            return duration, int(stream.sample_rate)
 
 
 def encode_audio(clip: AudioClip, fmt: str) -> bytes:
@@ -407,24 +428,43 @@ def _codec_rate(supported: Sequence[int] | None, rate: int) -> int:
     return min(higher) if higher else max(supported)
 
 
-def _decode_with_soundfile(data: bytes) -> tuple[np.ndarray, int]:
-    samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples, int(sample_rate)
+def _readable(source: bytes | Path | BinaryIO) -> str | BinaryIO:
+    """What both decoders open: a path, or a file object rewound to its start."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    if isinstance(source, Path):
+        return str(source)
+    source.seek(0)
+    return source
 
 
-def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_with_soundfile(source: str | BinaryIO, max_duration_sec: float | None) -> tuple[np.ndarray, int]:
+    with soundfile.SoundFile(source) as audio:
+        _check_rate(audio.samplerate)
+        if max_duration_sec is not None and audio.frames > max_duration_sec * audio.samplerate:
+            raise _too_long(max_duration_sec)
+        samples = audio.read(dtype="float32", always_2d=True)
+        return samples, int(audio.samplerate)
+
+
+def _decode_with_pyav(source: str | BinaryIO, max_duration_sec: float | None) -> tuple[np.ndarray, int]:
     """(samples, channels) float32 and the rate of the first audio stream."""
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(source) as container:
             if not container.streams.audio:
                 raise InvalidRequest("The file holds no audio stream.")
             resampler: av.AudioResampler | None = None
             blocks: list[np.ndarray] = []
+            decoded_samples = 0
             for frame in container.decode(container.streams.audio[0]):
                 if resampler is None:
+                    _check_rate(frame.sample_rate)
                     # Planar float at the first frame's layout and rate, whatever the codec's format.
                     resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
                 blocks.extend(converted.to_ndarray() for converted in resampler.resample(frame))
+                decoded_samples += frame.samples
+                if max_duration_sec is not None and decoded_samples > max_duration_sec * resampler.rate:
+                    raise _too_long(max_duration_sec)
             if resampler is None:
                 raise InvalidRequest("The audio file contains no audio samples.")
             blocks.extend(converted.to_ndarray() for converted in resampler.resample(None))
@@ -435,6 +475,18 @@ def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
             "send wav, mp3, flac, ogg or m4a audio."
         ) from error
     return np.concatenate(blocks, axis=1).T, int(sample_rate)
+
+
+def _check_rate(sample_rate: int) -> None:
+    # A forged header with a rate of a few Hz turns a small file into hours of "audio".
+    if not MIN_INPUT_RATE <= sample_rate <= MAX_INPUT_RATE:
+        raise InvalidRequest(
+            f"The audio file's sample rate {sample_rate} Hz is outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz."
+        )
+
+
+def _too_long(max_duration_sec: float) -> InvalidRequest:
+    return InvalidRequest(f"The audio file is longer than the {max_duration_sec:g} s this server accepts.")
 
 
 def _sine_ramp(length: int) -> np.ndarray:

@@ -55,6 +55,12 @@ class PayloadTooLarge(ServiceError):
     error_type = "invalid_request_error"
 
 
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    error_type = "invalid_request_error"
+
+
 class UnsupportedCapability(ServiceError):
     """The active engine cannot do what the request asks (cloning on Piper, VC without Chatterbox)."""
 

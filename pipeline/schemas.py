@@ -204,3 +204,53 @@ class OpenAISpeechRequest(_StrictModel):
         if not value.strip():
             raise ValueError("input must contain something to say")
         return value.strip()
+
+
+class VCOptions(_StrictModel):
+    """Voice-conversion settings shared by the JSON and the multipart form of ``POST /api/v1/vc``."""
+
+    target_voice_source: str | None = Field(
+        None, description="A voice library file (or URL, where enabled); None: the model's built-in voice."
+    )
+    chunk_sec: float = Field(60.0, ge=1.0, le=300.0, description="Window length for long inputs.")
+    overlap_sec: float = Field(0.1, ge=0.0, le=5.0, description="Equal-power crossfade between windows.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="0 picks a random seed; the seed used is returned.")
+    disable_watermark: bool = True
+    export_formats: list[OutputFormat] = Field(default_factory=lambda: ["wav", "mp3"], min_length=1)
+    normalize_audio: bool = False
+    normalize_method: Literal["ebu", "peak"] = "ebu"
+    normalize_level: float = Field(-24.0, ge=-70.0, le=-5.0)
+    normalize_tp: float = Field(-2.0, ge=-9.0, le=0.0)
+    trim: bool = False
+    trim_threshold_ms: int = Field(200, ge=50, le=1000)
+    sample_rate: int | None = Field(None, ge=8000, le=48000, description="Output rate; None keeps 24 kHz.")
+
+    _formats = field_validator("export_formats", mode="before")(TTSRequest._lowercase_formats.__func__)
+
+    @model_validator(mode="after")
+    def _overlap_inside_window(self) -> VCOptions:
+        if self.overlap_sec >= self.chunk_sec / 2:
+            raise ValueError("overlap_sec must be less than half of chunk_sec")
+        return self
+
+
+class VCRequest(VCOptions):
+    """JSON body of ``POST /api/v1/vc``: both sources name stored files."""
+
+    input_audio_source: str = Field(
+        min_length=1, description="A file of the VC input store (or URL, where enabled)."
+    )
+
+
+class VCResponse(BaseModel):
+    success: bool = True
+    message: str = "Voice conversion completed successfully"
+    output_files: list[OutputFile]
+    generation_seed_used: int
+    processing_time_seconds: float
+    engine: str
+    sample_rate: int
+    duration_sec: float
+    windows: list[dict[str, Any]] = Field(
+        description="Each window converted: its span, tries and what the engine reported (replica included)."
+    )

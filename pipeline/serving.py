@@ -20,8 +20,8 @@ from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
 from pipeline.schemas import ChunkReport, OpenAISpeechRequest, TTSRequest
 from pipeline.settings import DefaultsConfig
+from pipeline.sources import AudioSources, ResolvedVoice
 from pipeline.text import TextOptions
-from pipeline.voices import VoiceDirectory
 
 # The reference caps exaggeration at 1.0 although it accepts up to 2.0 (factsheet §3).
 MAX_EFFECTIVE_EXAGGERATION = 1.0
@@ -63,20 +63,23 @@ class SpeechService:
     def __init__(
         self,
         pipeline: TTSPipeline,
-        voices: VoiceDirectory,
+        sources: AudioSources,
         engine_info: Callable[[], Awaitable[EngineInfo]],
         validator_model: Callable[[], Awaitable[str]],
         defaults: DefaultsConfig,
     ) -> None:
         self._pipeline = pipeline
-        self._voices = voices
+        self._sources = sources
         self._engine_info = engine_info
         self._validator_model = validator_model
         self.defaults = defaults
 
     async def native_job(self, request: TTSRequest, formats: tuple[str, ...]) -> TTSJob:
-        voice = await self._load_voice(request.reference_audio_filename, "reference_audio_filename")
+        resolved = await self._load_voice(request.reference_audio_filename, "reference_audio_filename")
+        voice = resolved.voice if resolved else None
         await self._check_capabilities(voice, "reference_audio_filename")
+        if resolved and resolved.default_parameters:
+            request = with_voice_defaults(request, resolved.default_parameters)
         validate = not request.bypass_whisper_checking
         if validate and request.whisper_model_name is not None:
             await self._check_whisper_model(request.whisper_model_name)
@@ -93,7 +96,7 @@ class SpeechService:
             ),
             voice=voice,
             params=SynthesisParams(
-                seed=request.seed or _random_seed(),
+                seed=request.seed or random_seed(),
                 exaggeration=min(request.exaggeration, MAX_EFFECTIVE_EXAGGERATION),
                 cfg_weight=request.cfg_weight,
                 temperature=request.temperature,
@@ -132,13 +135,18 @@ class SpeechService:
         )
 
     async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
-        voice = await self._openai_voice(request.voice)
+        resolved = await self._openai_voice(request.voice)
+        voice = resolved.voice if resolved else None
         await self._check_capabilities(voice, "voice")
+        defaults = dict(resolved.default_parameters) if resolved else {}
+        speed = defaults.pop("speed_factor", request.speed)
+        if "speed" in request.model_fields_set:
+            speed = request.speed
         return TTSJob(
             text=request.input,
             text_options=TextOptions(),
             voice=voice,
-            params=SynthesisParams(seed=_random_seed()),
+            params=SynthesisParams(seed=random_seed(), **defaults),
             policy=QualityPolicy(
                 num_candidates=self.defaults.openai_num_candidates,
                 max_attempts=self.defaults.openai_max_attempts,
@@ -146,7 +154,7 @@ class SpeechService:
                 threshold=self.defaults.validation_threshold,
             ),
             # OpenAI's speech endpoint answers at 24 kHz (its pcm format is defined as 24 kHz s16le).
-            post=PostProcessOptions(speed_factor=request.speed, output_sample_rate=OPENAI_SAMPLE_RATE),
+            post=PostProcessOptions(speed_factor=speed, output_sample_rate=OPENAI_SAMPLE_RATE),
             formats=(request.response_format,),
         )
 
@@ -163,18 +171,15 @@ class SpeechService:
             processing_time_sec=time.perf_counter() - started,
         )
 
-    def voice_names(self) -> list[str]:
-        return self._voices.names()
-
-    async def _openai_voice(self, name: str) -> VoiceRef | None:
+    async def _openai_voice(self, name: str) -> ResolvedVoice | None:
         if name in self.defaults.openai_voices:
             mapped = self.defaults.openai_voices[name]
             return await self._load_voice(mapped, "voice") if mapped else None
         return await self._load_voice(name, "voice")
 
-    async def _load_voice(self, name: str | None, param: str) -> VoiceRef | None:
+    async def _load_voice(self, name: str | None, param: str) -> ResolvedVoice | None:
         # File reading and decoding stay off the ingress's event loop, which serves every request.
-        return None if name is None else await asyncio.to_thread(self._voices.load, name, param)
+        return None if name is None else await asyncio.to_thread(self._sources.voice, name, param)
 
     async def _check_capabilities(self, voice: VoiceRef | None, param: str) -> None:
         engine = await self._engine_info()
@@ -196,6 +201,11 @@ class SpeechService:
             )
 
 
+def with_voice_defaults(request: TTSRequest, defaults: dict[str, object]) -> TTSRequest:
+    """The request with the voice's stored defaults filling the fields it left unset."""
+    return TTSRequest.model_validate({**defaults, **request.model_dump(exclude_unset=True)})
+
+
 def output_name_parts(request: TTSRequest, seed_requested: int) -> list[str]:
     """The reference's file-name parts (factsheet §12): temp always, then what differs from defaults."""
     parts = [f"temp{request.temperature:g}"]
@@ -214,5 +224,5 @@ def native_output_stem(request: TTSRequest) -> str:
     return output_stem("tts", output_name_parts(request, request.seed))
 
 
-def _random_seed() -> int:
+def random_seed() -> int:
     return secrets.randbelow(2**32 - 1) + 1

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.url_sources import UrlSourcePolicy
 from pipeline.validation import DEFAULT_PASS_THRESHOLD
 
 
@@ -104,6 +105,26 @@ class WhisperConfig(_Section):
     beam_size: int = Field(1, ge=1)
 
 
+class LibraryConfig(_Section):
+    """Limits of the voice library and the VC input store (uploads are checked against these)."""
+
+    max_upload_bytes: int = Field(
+        100 * 1024 * 1024, gt=0, description="Larger uploads get 413, counted while they stream in."
+    )
+    voice_min_sec: float = Field(
+        1.0, gt=0, description="Shorter references clone nothing useful (the voice encoder reads 1.6 s)."
+    )
+    voice_max_sec: float = Field(
+        600.0, gt=0, description="Chatterbox reads the first 10 s; longer files only cost decoding."
+    )
+    vc_input_min_sec: float = Field(0.5, gt=0)
+    vc_input_max_sec: float = Field(
+        3600.0,
+        gt=0,
+        description="A bound on decoded length, so a tiny compressed file cannot expand to hours.",
+    )
+
+
 class DefaultsConfig(_Section):
     """Server-side defaults; changeable at runtime through the Ingress user_config."""
 
@@ -130,8 +151,16 @@ class AppSettings(_Section):
     accelerator: Literal["auto", "gpu", "cpu"] = Field(
         "auto", description="auto asks for GPUs only if the Ray cluster has some."
     )
-    voices_dir: str = "voices"
+    voices_dir: str = Field(
+        "voices", description="The voice library's root; a shared volume when several ingress replicas run."
+    )
+    vc_inputs_dir: str = Field("vc_inputs", description="Uploaded VC source audio (same rules as voices).")
     outputs_dir: str = "outputs"
+    library: LibraryConfig = Field(default_factory=LibraryConfig)
+    url_sources: UrlSourcePolicy = Field(
+        default_factory=UrlSourcePolicy,
+        description="Voice and VC sources given as http(s) URLs: off unless enabled (SSRF).",
+    )
     max_text_chars: int = Field(10_000, ge=1)
     chatterbox: ChatterboxConfig = Field(default_factory=ChatterboxConfig)
     piper: PiperConfig = Field(default_factory=PiperConfig)
@@ -145,6 +174,9 @@ class AppSettings(_Section):
     )
     tts: DeploymentSpec = Field(
         default_factory=lambda: DeploymentSpec(num_cpus=1.0, num_gpus=0.5, max_ongoing_requests=8)
+    )
+    vc: DeploymentSpec = Field(
+        default_factory=lambda: DeploymentSpec(num_cpus=1.0, num_gpus=0.25, max_ongoing_requests=8)
     )
     validator: DeploymentSpec = Field(
         default_factory=lambda: DeploymentSpec(

@@ -25,7 +25,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("service-data")
-    dirs = {"voices": root / "voices", "outputs": root / "outputs"}
+    dirs = {"voices": root / "voices", "vc_inputs": root / "vc_inputs", "outputs": root / "outputs"}
     for directory in dirs.values():
         directory.mkdir()
     return dirs
@@ -83,6 +83,7 @@ def app_config(port: int, data_dirs: dict[str, Path], **args_override):
         port=port,
         args_override={
             "voices_dir": str(data_dirs["voices"]),
+            "vc_inputs_dir": str(data_dirs["vc_inputs"]),
             "outputs_dir": str(data_dirs["outputs"]),
             **args_override,
         },
@@ -111,10 +112,12 @@ def chatterbox_app(
     """A second app of the same serve_config.yaml at /cbx, serving the random Chatterbox checkpoint.
 
     Chunks are capped at 1 s of speech: full-size S3Gen costs seconds of CPU per second of audio.
+    Two VC replicas, so the windows of one conversion can be seen to spread over both.
     """
     chatterbox = {"checkpoint_dir": str(chatterbox_checkpoint), "max_new_tokens": 25, "download": False}
+    vc = {"autoscaling": None, "num_replicas": 2}
     serve_apps.deploy(
-        app_config(serve_apps.port, data_dirs, engine="chatterbox", chatterbox=chatterbox),
+        app_config(serve_apps.port, data_dirs, engine="chatterbox", chatterbox=chatterbox, vc=vc),
         name="chatterbox-random",
         route_prefix="/cbx",
     )

@@ -36,8 +36,13 @@ LAUNCHER_CONFIG = CLUSTER_DIR / "ray-cluster.yaml"
 DOCKERFILES = {"gpu": CLUSTER_DIR / "Dockerfile.gpu", "cpu": CLUSTER_DIR / "Dockerfile.cpu"}
 
 # The only args a GPU cluster changes: see the comments in cluster/serve_config.gpu.yaml.
-GPU_CLUSTER_ARGS = {"accelerator": "gpu", "voices_dir": "/data/voices", "outputs_dir": "/data/outputs"}
-DATA_DIR_ARGS = ("voices_dir", "outputs_dir")
+GPU_CLUSTER_ARGS = {
+    "accelerator": "gpu",
+    "voices_dir": "/data/voices",
+    "vc_inputs_dir": "/data/vc_inputs",
+    "outputs_dir": "/data/outputs",
+}
+DATA_DIR_ARGS = ("voices_dir", "vc_inputs_dir", "outputs_dir")
 LAPTOP_CPUS = 2
 STAGES = [name for name, field in AppSettings.model_fields.items() if field.annotation is DeploymentSpec]
 SERVE_DEPLOY = re.compile(r"serve deploy ([^\s;']+)")

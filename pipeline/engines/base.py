@@ -48,6 +48,15 @@ class SynthesisParams:
 
 
 @dataclass(frozen=True)
+class ConversionParams:
+    """Per-window voice-conversion settings. ``seed`` is concrete (the ingress resolves 0): it seeds
+    S3Gen's flow-matching noise and vocoder excitation, so one seed reproduces the conversion."""
+
+    seed: int
+    disable_watermark: bool = True
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     """What an engine is and can do; shown in /api/v1/health and response headers."""
 
@@ -66,6 +75,20 @@ class TTSEngine(Protocol):
     info: EngineInfo
 
     def synthesize(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> AudioClip: ...
+
+
+@runtime_checkable
+class VCEngine(Protocol):
+    """Voice conversion: speech in, the same speech in the target voice out. Thread-safe like TTSEngine.
+
+    ``convert`` returns the engine's rate (``info.sample_rate``) with exactly as many samples as
+    ``source`` lasts at that rate, so windows of a long input join back to the input's length.
+    ``target`` None means the engine's built-in voice.
+    """
+
+    info: EngineInfo
+
+    def convert(self, source: AudioClip, target: VoiceRef | None, params: ConversionParams) -> AudioClip: ...
 
 
 @runtime_checkable

@@ -126,9 +126,7 @@ class ChatterboxEngine:
 
             from pipeline.engines.chatterbox_model import ChatterboxModel
 
-            if settings.cpu_threads is not None:
-                torch.set_num_threads(settings.cpu_threads)
-            device = _pick_device(settings.device)
+            device = prepare_torch(settings)
             t3_dtype = getattr(torch, settings.dtype)
             if t3_dtype != torch.float32 and device.type != "cuda":
                 logger.warning(
@@ -144,7 +142,7 @@ class ChatterboxEngine:
         settings = replace(
             settings, max_new_tokens_cap=min(settings.max_new_tokens_cap, model.t3.hp.max_speech_tokens)
         )
-        watermarker, watermark_problem = _load_watermarker()
+        watermarker, watermark_problem = load_watermarker()
         if watermark_problem:
             logger.warning("Chatterbox: watermarking unavailable: %s", watermark_problem)
         info = EngineInfo(
@@ -210,7 +208,7 @@ class ChatterboxEngine:
             )
         samples = render_waveform(model.s3gen, speech.tokens, conditioning.s3gen_reference, generator)
         if not params.disable_watermark:
-            samples = self._watermark(samples)
+            samples = apply_watermark(self._watermarker, samples, SAMPLE_RATE)
         finished = time.perf_counter()
         return AudioClip(
             samples,
@@ -245,29 +243,34 @@ class ChatterboxEngine:
         return self._conditionings.get_or_compute(voice.sha256, lambda: self._condition(voice))
 
     def _condition(self, voice: VoiceRef) -> SpeakerConditioning:
-        audio = voice.audio
-        if audio.duration_sec < MIN_REFERENCE_SEC:
-            raise InvalidRequest(
-                f"reference voice {voice.name!r} is {audio.duration_sec:.2f} s long; "
-                f"voice cloning needs at least {MIN_REFERENCE_SEC:g} s of speech",
-                param="reference_audio_filename",
-            )
-        if float(np.max(np.abs(audio.samples))) < MIN_REFERENCE_PEAK:
-            raise InvalidRequest(
-                f"reference voice {voice.name!r} is silent", param="reference_audio_filename"
-            )
-        return self._model.condition(audio.samples, audio.sample_rate)
-
-    def _watermark(self, samples: np.ndarray) -> np.ndarray:
-        import torch
-
-        # Perth runs its network with autograd on; nothing here needs gradients.
-        with torch.inference_mode():
-            marked = self._watermarker.apply_watermark(samples, sample_rate=SAMPLE_RATE)
-        return np.asarray(marked, dtype=np.float32)
+        check_reference(voice, param="reference_audio_filename")
+        return self._model.condition(voice.audio.samples, voice.audio.sample_rate)
 
 
-def _pick_device(name: str) -> Any:
+def check_reference(voice: VoiceRef, param: str) -> None:
+    """InvalidRequest (naming ``param``) for a reference too short or too quiet to condition on."""
+    audio = voice.audio
+    if audio.duration_sec < MIN_REFERENCE_SEC:
+        raise InvalidRequest(
+            f"reference voice {voice.name!r} is {audio.duration_sec:.2f} s long; "
+            f"voice cloning needs at least {MIN_REFERENCE_SEC:g} s of speech",
+            param=param,
+        )
+    if float(np.max(np.abs(audio.samples))) < MIN_REFERENCE_PEAK:
+        raise InvalidRequest(f"reference voice {voice.name!r} is silent", param=param)
+
+
+def prepare_torch(settings: ChatterboxSettings) -> Any:
+    """Apply ``cpu_threads`` to torch and pick the device (a ``torch.device``) for ``settings.device``."""
+    import torch
+
+    if settings.cpu_threads is not None:
+        torch.set_num_threads(settings.cpu_threads)
+    return pick_device(settings.device)
+
+
+def pick_device(name: str) -> Any:
+    """``auto``: CUDA, then MPS, then CPU, as torch sees them; anything else as named."""
     import torch
 
     if name != "auto":
@@ -279,7 +282,7 @@ def _pick_device(name: str) -> Any:
     return torch.device("cpu")
 
 
-def _load_watermarker() -> tuple[Any | None, str | None]:
+def load_watermarker() -> tuple[Any | None, str | None]:
     """Perth's neural watermarker (what upstream applies), or why it cannot be had."""
     try:
         # Imported from its module, not as perth.PerthImplicitWatermarker: perth's __init__ swallows
@@ -290,3 +293,13 @@ def _load_watermarker() -> tuple[Any | None, str | None]:
         return PerthImplicitWatermarker(), None
     except Exception as error:
         return None, f"resemble-perth could not be loaded: {error}"
+
+
+def apply_watermark(watermarker: Any, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Perth's imperceptible watermark on float32 samples (the same length comes back)."""
+    import torch
+
+    # Perth runs its network with autograd on; nothing here needs gradients.
+    with torch.inference_mode():
+        marked = watermarker.apply_watermark(samples, sample_rate=sample_rate)
+    return np.asarray(marked, dtype=np.float32)

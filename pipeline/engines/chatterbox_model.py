@@ -1,8 +1,10 @@
 """Upstream Chatterbox components, loaded once per replica and only read afterwards.
 
-Heavy module (torch, chatterbox): imported by ``ChatterboxEngine.load`` only. Loading mirrors
-upstream's ``ChatterboxTTS.from_local`` and speaker conditioning mirrors its
-``prepare_conditionals``, except that results are returned instead of stored on the model.
+Heavy module (torch, chatterbox): imported by ``ChatterboxEngine.load`` and
+``ChatterboxVCEngine.load`` only. Loading mirrors upstream's ``ChatterboxTTS.from_local`` and
+speaker conditioning mirrors its ``prepare_conditionals``, except that results are returned instead
+of stored on the model. The VC engine needs only S3Gen: :func:`load_s3gen`,
+:func:`load_builtin_voice` and :func:`embed_s3gen_reference` serve both engines.
 """
 
 from __future__ import annotations
@@ -105,30 +107,13 @@ class ChatterboxModel:
         t3.load_state_dict(load_file(directory / "t3_cfg.safetensors"))
         t3.to(device=device, dtype=t3_dtype).eval()
 
-        s3gen = S3Gen()
-        # Upstream loads S3Gen non-strictly because the speech tokenizer's mel filters and window are
-        # computed, not stored; anything else missing or unexpected means a wrong file.
-        result = s3gen.load_state_dict(load_file(directory / "s3gen.safetensors"), strict=False)
-        missing = [key for key in result.missing_keys if not key.endswith(S3Gen.ignore_state_dict_missing)]
-        if missing or result.unexpected_keys:
-            raise EngineUnavailable(
-                f"{directory / 's3gen.safetensors'} does not match S3Gen: "
-                f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-        s3gen.to(device).eval()
-
-        tokenizer = EnTokenizer(str(directory / "tokenizer.json"))
-        builtin_voice = None
-        if (directory / BUILTIN_VOICE_FILE).exists():
-            conds = Conditionals.load(directory / BUILTIN_VOICE_FILE, map_location="cpu").to(device)
-            builtin_voice = SpeakerConditioning(t3=conds.t3.to(dtype=t3_dtype), s3gen_reference=conds.gen)
         return cls(
             t3=t3,
-            s3gen=s3gen,
+            s3gen=load_s3gen(directory, device),
             voice_encoder=voice_encoder,
-            tokenizer=tokenizer,
+            tokenizer=EnTokenizer(str(directory / "tokenizer.json")),
             device=device,
-            builtin_voice=builtin_voice,
+            builtin_voice=load_builtin_voice(directory, device, t3_dtype),
         )
 
     @property
@@ -138,13 +123,9 @@ class ChatterboxModel:
     def condition(self, samples: np.ndarray, sample_rate: int) -> SpeakerConditioning:
         """Speaker conditioning from reference audio at any rate: upstream's ``prepare_conditionals``."""
         with torch.inference_mode():
-            # librosa.load(path, sr=S3GEN_SR) in upstream resamples with librosa's default (soxr_hq).
-            reference_24k = samples.astype(np.float32)
-            if sample_rate != S3GEN_SR:
-                reference_24k = librosa.resample(reference_24k, orig_sr=sample_rate, target_sr=S3GEN_SR)
+            reference_24k = reference_at_24k(samples, sample_rate)
             reference_16k = librosa.resample(reference_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
-
-            s3gen_reference = self.s3gen.embed_ref(reference_24k[:DEC_COND_LEN], S3GEN_SR, device=self.device)
+            s3gen_reference = embed_s3gen_reference(self.s3gen, reference_24k, self.device)
             prompt_tokens, _ = self.s3gen.tokenizer.forward(
                 [reference_16k[:ENC_COND_LEN]], max_len=self.t3.hp.speech_cond_prompt_len
             )
@@ -164,3 +145,46 @@ class ChatterboxModel:
         ids = F.pad(ids, (1, 0), value=self.t3.hp.start_text_token)
         ids = F.pad(ids, (0, 1), value=self.t3.hp.stop_text_token)
         return ids.long()
+
+
+def load_s3gen(directory: Path, device: torch.device) -> S3Gen:
+    """S3Gen from ``s3gen.safetensors`` (float32, as upstream runs it everywhere), keys checked."""
+    s3gen = S3Gen()
+    # Upstream loads S3Gen non-strictly because the speech tokenizer's mel filters and window are
+    # computed, not stored; anything else missing or unexpected means a wrong file.
+    result = s3gen.load_state_dict(load_file(directory / "s3gen.safetensors"), strict=False)
+    missing = [key for key in result.missing_keys if not key.endswith(S3Gen.ignore_state_dict_missing)]
+    if missing or result.unexpected_keys:
+        raise EngineUnavailable(
+            f"{directory / 's3gen.safetensors'} does not match S3Gen: "
+            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return s3gen.to(device).eval()
+
+
+def load_builtin_voice(
+    directory: Path, device: torch.device, t3_dtype: torch.dtype
+) -> SpeakerConditioning | None:
+    """The checkpoint's built-in voice (``conds.pt``), or None if it has none."""
+    if not (directory / BUILTIN_VOICE_FILE).exists():
+        return None
+    conds = Conditionals.load(directory / BUILTIN_VOICE_FILE, map_location="cpu").to(device)
+    return SpeakerConditioning(t3=conds.t3.to(dtype=t3_dtype), s3gen_reference=conds.gen)
+
+
+def reference_at_24k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Reference audio at S3Gen's rate, float32."""
+    # librosa.load(path, sr=S3GEN_SR) in upstream resamples with librosa's default (soxr_hq).
+    reference_24k = samples.astype(np.float32)
+    if sample_rate != S3GEN_SR:
+        reference_24k = librosa.resample(reference_24k, orig_sr=sample_rate, target_sr=S3GEN_SR)
+    return reference_24k
+
+
+@torch.inference_mode()
+def embed_s3gen_reference(
+    s3gen: S3Gen, reference_24k: np.ndarray, device: torch.device
+) -> dict[str, torch.Tensor | None]:
+    """S3Gen's speaker prompt (``embed_ref``) from the first DEC_COND_LEN samples, as upstream
+    ``prepare_conditionals`` and ``ChatterboxVC.set_target_voice`` both build it."""
+    return s3gen.embed_ref(reference_24k[:DEC_COND_LEN], S3GEN_SR, device=device)

@@ -1,12 +1,16 @@
-"""``engine: auto | chatterbox | piper``: which TTS engine a replica builds, said loudly."""
+"""``engine: auto | chatterbox | piper``: which TTS and VC engines a replica builds, said loudly."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from pipeline.engines.base import TTSEngine
+from pipeline.engines.base import TTSEngine, VCEngine
 from pipeline.errors import EngineUnavailable
 from pipeline.settings import AppSettings
+
+if TYPE_CHECKING:
+    from pipeline.engines.chatterbox import ChatterboxSettings
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +36,54 @@ def build_tts_engine(settings: AppSettings) -> TTSEngine:
         return _piper(settings)
 
 
+def build_vc_engine(settings: AppSettings) -> VCEngine:
+    """The VC engine, by build_tts_engine's rules; where Chatterbox cannot be had (``engine: piper``,
+    or ``auto`` without weights) a stand-in that refuses conversions naming the reason.
+
+    Only Chatterbox converts voices (S3Gen); the offline Piper path has no VC model.
+    """
+    from pipeline.engines.unavailable import NoVoiceConversion
+
+    if settings.engine == "piper":
+        reason = "engine is piper, and the offline Piper voice has no voice-conversion model"
+        logger.warning("VC engine: none (%s)", reason)
+        return NoVoiceConversion(reason)
+    try:
+        return _chatterbox_vc(settings)
+    except EngineUnavailable as error:
+        if settings.engine == "chatterbox":
+            raise
+        logger.warning("engine=auto: Chatterbox unavailable (%s); voice conversion is off", error)
+        return NoVoiceConversion(f"Chatterbox is unavailable: {error.message}")
+
+
 def _chatterbox(settings: AppSettings) -> TTSEngine:
-    from pipeline.engines.chatterbox import ChatterboxEngine, ChatterboxSettings, chatterbox_weights_available
+    from pipeline.engines.chatterbox import ChatterboxEngine
+
+    engine_settings = _chatterbox_settings(settings, cpu_threads=settings.tts.threads())
+    engine = ChatterboxEngine.load(engine_settings)
+    logger.warning("TTS engine: Chatterbox %s on %s", engine.info.model, engine.info.device)
+    return engine
+
+
+def _chatterbox_vc(settings: AppSettings) -> VCEngine:
+    from pipeline.engines.chatterbox_vc import ChatterboxVCEngine
+
+    engine = ChatterboxVCEngine.load(_chatterbox_settings(settings, cpu_threads=settings.vc.threads()))
+    logger.warning("VC engine: Chatterbox S3Gen %s on %s", engine.info.model, engine.info.device)
+    return engine
+
+
+def _chatterbox_settings(settings: AppSettings, cpu_threads: int) -> ChatterboxSettings:
+    """The engine settings, once it is clear the weights can be had (else EngineUnavailable)."""
+    from pipeline.engines.chatterbox import ChatterboxSettings, chatterbox_weights_available
 
     config = settings.chatterbox
     engine_settings = ChatterboxSettings(
         checkpoint_dir=config.checkpoint_dir,
         hf_repo=config.hf_repo,
         dtype=config.dtype,
-        cpu_threads=settings.tts.threads(),
+        cpu_threads=cpu_threads,
         conditioning_cache_size=config.conditioning_cache_size,
         max_new_tokens_cap=config.max_new_tokens,
         speech_tokens_per_char=config.speech_tokens_per_char,
@@ -53,9 +96,7 @@ def _chatterbox(settings: AppSettings) -> TTSEngine:
             )
         if settings.engine == "auto":
             _probe_hub(config.hf_repo)
-    engine = ChatterboxEngine.load(engine_settings)
-    logger.warning("TTS engine: Chatterbox %s on %s", engine.info.model, engine.info.device)
-    return engine
+    return engine_settings
 
 
 def _piper(settings: AppSettings) -> TTSEngine:

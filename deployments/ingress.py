@@ -21,7 +21,13 @@ from deployments.http_errors import install_error_handlers
 from deployments.library_routes import LibraryRoutes
 from deployments.library_routes import router as library_router
 from deployments.metrics import SpeechMetrics
-from deployments.responses import AUDIO_RESPONSE_MODES, audio_response, requested_formats, store_outputs
+from deployments.responses import (
+    AUDIO_RESPONSE_MODES,
+    audio_response,
+    files_summary,
+    requested_formats,
+    store_outputs,
+)
 from deployments.vc_routes import VCRoutes
 from deployments.vc_routes import router as vc_router
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, StreamingEncoder
@@ -32,7 +38,7 @@ from pipeline.engines.base import EngineInfo
 from pipeline.graph import ChunkOutcome, TTSPipeline
 from pipeline.library import AudioLibrary, LibraryKind
 from pipeline.outputs import OutputStore
-from pipeline.schemas import OPENAI_MODELS, OpenAISpeechRequest, OutputFile, TTSRequest, TTSResponse
+from pipeline.schemas import OPENAI_MODELS, OpenAISpeechRequest, TTSRequest, TTSResponse
 from pipeline.serving import SpeechResult, SpeechService, native_output_stem
 from pipeline.settings import AppSettings, DefaultsConfig
 from pipeline.sources import AudioSources
@@ -302,12 +308,13 @@ class Ingress(LibraryRoutes, VCRoutes):
         if not wants_audio:
             return Response(
                 content=TTSResponse(
-                    output_files=[OutputFile(**item) for item in stored],
-                    generation_seed_used=result.seed,
-                    processing_time_seconds=round(result.processing_time_sec, 3),
-                    engine=result.engine.name,
-                    sample_rate=result.rendered.clip.sample_rate,
-                    duration_sec=round(result.rendered.clip.duration_sec, 3),
+                    **files_summary(
+                        stored,
+                        result.seed,
+                        result.engine.name,
+                        result.rendered.clip,
+                        result.processing_time_sec,
+                    ),
                     validated=result.validated,
                     chunks=result.chunk_reports(),
                 ).model_dump_json(),

@@ -107,6 +107,7 @@ def main() -> None:
     print(
         f"\nChatterbox TTS is serving at {base_url}  (docs: {base_url}/docs)\n"
         f"  TTS engine: {engines['tts']['name']} ({engines['tts']['model']}) on {engines['tts']['device']}\n"
+        f"  VC engine:  {_vc_line(engines['vc'])}\n"
         f"  Validator:  {engines['validator']['model']} on {engines['validator']['device']}\n"
         f"  Metrics:    http://{options.host}:{options.metrics_port}/metrics (ray_serve_*, ray_tts_*)\n"
         "Press Ctrl-C to stop.\n",
@@ -129,6 +130,12 @@ def _args_from_environment() -> dict[str, Any]:
     if voices_dir := os.environ.get("VOICES_DIR"):
         overrides["voices_dir"] = voices_dir
     return overrides
+
+
+def _vc_line(vc: dict[str, Any]) -> str:
+    if vc.get("available") is False:
+        return f"none ({vc.get('reason', 'no voice-conversion model')}); /api/v1/vc answers 422"
+    return f"{vc['name']} ({vc.get('model')}) on {vc.get('device')}"
 
 
 def _failure_report(name: str, application: Any) -> str:

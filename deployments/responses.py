@@ -9,8 +9,10 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, OUTPUT_FORMATS
+from pipeline.clip import AudioClip
 from pipeline.errors import InvalidRequest
 from pipeline.outputs import OutputStore
+from pipeline.schemas import OutputFile
 
 AUDIO_RESPONSE_MODES = {"stream", "file", "download"}
 
@@ -47,3 +49,17 @@ def audio_response(
     if alternatives:
         headers["X-Alternative-Formats"] = alternatives
     return Response(content=files[fmt], media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+def files_summary(
+    stored: list[dict[str, str]], seed: int, engine: str, clip: AudioClip, processing_time_sec: float
+) -> dict[str, object]:
+    """The fields of ``AudioFilesResponse`` for one finished generation."""
+    return {
+        "output_files": [OutputFile(**item) for item in stored],
+        "generation_seed_used": seed,
+        "processing_time_seconds": round(processing_time_sec, 3),
+        "engine": engine,
+        "sample_rate": clip.sample_rate,
+        "duration_sec": round(clip.duration_sec, 3),
+    }

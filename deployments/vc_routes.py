@@ -18,14 +18,20 @@ from pydantic import BaseModel, ValidationError
 
 from deployments.library_routes import form_fields, uploaded_file
 from deployments.metrics import SpeechMetrics
-from deployments.responses import AUDIO_RESPONSE_MODES, audio_response, requested_formats, store_outputs
+from deployments.responses import (
+    AUDIO_RESPONSE_MODES,
+    audio_response,
+    files_summary,
+    requested_formats,
+    store_outputs,
+)
 from deployments.uploads import read_upload_form
 from pipeline.clip import AudioClip
 from pipeline.conversion_serving import ConversionOutcome, ConversionService, conversion_output_stem
 from pipeline.errors import InvalidRequest
 from pipeline.library import AudioLibrary, validated_audio
 from pipeline.outputs import OutputStore
-from pipeline.schemas import OutputFile, VCOptions, VCRequest, VCResponse
+from pipeline.schemas import VCOptions, VCRequest, VCResponse
 from pipeline.settings import AppSettings
 
 router = APIRouter()
@@ -115,15 +121,10 @@ class VCRoutes:
         headers = _conversion_headers(outcome)
         if wants_audio:
             return audio_response(outcome.rendered.files, formats[0], stem, stored, headers)
-        body = VCResponse(
-            output_files=[OutputFile(**item) for item in stored],
-            generation_seed_used=outcome.seed,
-            processing_time_seconds=round(outcome.processing_time_sec, 3),
-            engine=outcome.engine.name,
-            sample_rate=outcome.rendered.clip.sample_rate,
-            duration_sec=round(outcome.rendered.clip.duration_sec, 3),
-            windows=outcome.windows,
+        summary = files_summary(
+            stored, outcome.seed, outcome.engine.name, outcome.rendered.clip, outcome.processing_time_sec
         )
+        body = VCResponse(**summary, windows=outcome.windows)
         return Response(content=body.model_dump_json(), media_type="application/json", headers=headers)
 
     async def _json_request(self, http_request: Request) -> tuple[VCOptions, AudioClip]:

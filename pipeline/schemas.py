@@ -169,15 +169,20 @@ class OutputFile(BaseModel):
     url: str
 
 
-class TTSResponse(BaseModel):
+class AudioFilesResponse(BaseModel):
+    """What every generating route answers in ``response_mode=url``: the stored files and the run."""
+
     success: bool = True
-    message: str = "TTS generation completed successfully"
     output_files: list[OutputFile]
     generation_seed_used: int
     processing_time_seconds: float
     engine: str
     sample_rate: int
     duration_sec: float
+
+
+class TTSResponse(AudioFilesResponse):
+    message: str = "TTS generation completed successfully"
     validated: bool
     chunks: list[ChunkReport]
 
@@ -242,15 +247,8 @@ class VCRequest(VCOptions):
     )
 
 
-class VCResponse(BaseModel):
-    success: bool = True
+class VCResponse(AudioFilesResponse):
     message: str = "Voice conversion completed successfully"
-    output_files: list[OutputFile]
-    generation_seed_used: int
-    processing_time_seconds: float
-    engine: str
-    sample_rate: int
-    duration_sec: float
     windows: list[dict[str, Any]] = Field(
         description="Each window converted: its span, tries and what the engine reported (replica included)."
     )

@@ -157,9 +157,9 @@ def join_clips(clips: Sequence[AudioClip], crossfade_ms: float = 20.0, gap_ms: f
     for part, start, fade_in, fade_out in zip(parts, starts, fade_ins, fade_outs, strict=True):
         faded = part.copy()
         if fade_in:
-            faded[:fade_in] *= _sine_ramp(fade_in)
+            faded[:fade_in] *= sine_ramp(fade_in)
         if fade_out:
-            faded[len(faded) - fade_out :] *= _sine_ramp(fade_out)[::-1]
+            faded[len(faded) - fade_out :] *= sine_ramp(fade_out)[::-1]
         joined[start : start + len(faded)] += faded
     text = " ".join(clip.text.strip() for clip in clips if clip.text.strip())
     return AudioClip(joined, sample_rate, text=text)
@@ -191,9 +191,9 @@ def trim_silence(
     trimmed = clip.samples[start:end].copy()
     fade = min(keep, len(trimmed))
     if start and fade:
-        trimmed[:fade] *= _sine_ramp(fade)
+        trimmed[:fade] *= sine_ramp(fade)
     if end < clip.num_samples and fade:
-        trimmed[len(trimmed) - fade :] *= _sine_ramp(fade)[::-1]
+        trimmed[len(trimmed) - fade :] *= sine_ramp(fade)[::-1]
     return clip.with_samples(trimmed)
 
 
@@ -489,7 +489,7 @@ def _too_long(max_duration_sec: float) -> InvalidRequest:
     return InvalidRequest(f"The audio file is longer than the {max_duration_sec:g} s this server accepts.")
 
 
-def _sine_ramp(length: int) -> np.ndarray:
+def sine_ramp(length: int) -> np.ndarray:
     """Rising quarter sine from ~0 to ~1. Reversed it is the matching cosine fall, and
     sin^2 + cos^2 = 1 at every sample: an equal-power crossfade pair."""
     return np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length).astype(np.float32)

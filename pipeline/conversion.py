@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.audio import resample
+from pipeline.audio import resample, sine_ramp
 from pipeline.clip import AudioClip
 from pipeline.engines.base import ConversionParams, VoiceRef
 from pipeline.errors import GenerationFailed, InvalidRequest, ServiceError
@@ -263,8 +263,7 @@ class VoiceConversionPipeline:
 
 
 def _crossfade(fading_out: np.ndarray, fading_in: np.ndarray) -> np.ndarray:
-    length = len(fading_in)
-    rise = np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length)
+    rise = sine_ramp(len(fading_in)).astype(np.float64)
     fall = rise[::-1]
     out64, in64 = fading_out.astype(np.float64), fading_in.astype(np.float64)
     energy = float(np.sqrt(np.dot(out64, out64) * np.dot(in64, in64)))

@@ -342,3 +342,34 @@ def test_vc_inputs_upload_list_and_delete(client, speech_wav, data_dirs):
     assert rest.json()["deleted_files"] == ["session/second.wav"]
     assert client.get("/api/v1/vc_inputs", params={"folder": "session"}).json()["total_files"] == 0
     assert not (data_dirs["vc_inputs"] / "session").exists()
+
+
+def _m4a(samples: np.ndarray, sample_rate: int) -> bytes:
+    """AAC in an MP4 container, as phones record: the reference rejected these outright."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="ipod") as container:
+        stream = container.add_stream("aac", rate=sample_rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_ogg_and_m4a_voices_are_accepted_and_decoded(client):
+    clip = piper_sentence("Phones record voices in these formats.")
+    ogg = io.BytesIO()
+    soundfile.write(ogg, clip.samples, clip.sample_rate, format="OGG", subtype="VORBIS")
+    for filename, data in (
+        ("phone.ogg", ogg.getvalue()),
+        ("phone.m4a", _m4a(clip.samples, clip.sample_rate)),
+    ):
+        response = upload(client, data, filename=filename)
+        assert response.status_code == 200, f"{filename}: {response.text}"
+        metadata = response.json()["voice_metadata"]
+        assert metadata["format"] == filename.rsplit(".", 1)[1]
+        assert metadata["duration_seconds"] == pytest.approx(clip.duration_sec, abs=0.1)
+        client.delete(f"/api/v1/voice/{response.json()['filename']}", params={"confirm": "true"})

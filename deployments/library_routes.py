@@ -10,10 +10,10 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 
+from deployments.http_errors import validate_body
 from deployments.uploads import read_upload_form
 from pipeline.errors import InvalidRequest
 from pipeline.library import AudioLibrary
@@ -41,12 +41,7 @@ def form_fields(form: FormData, file_field: str, model: type[BaseModel]) -> Any:
     for key, value in fields.items():
         if not isinstance(value, str):
             raise InvalidRequest(f"only one file may be sent, in {file_field!r}", param=key)
-    try:
-        return model.model_validate(fields)
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
-        ) from error
+    return validate_body(model, fields)
 
 
 def uploaded_file(form: FormData, file_field: str) -> UploadFile:

@@ -9,13 +9,12 @@ No `from __future__ import annotations` here: FastAPI must resolve the route ann
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
 
+from deployments.http_errors import validate_body
 from deployments.library_routes import form_fields, uploaded_file
 from deployments.metrics import SpeechMetrics
 from deployments.responses import (
@@ -54,15 +53,6 @@ _VC_BODY = {
         },
     }
 }
-
-
-def _validated(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
-        ) from error
 
 
 def _conversion_headers(outcome: ConversionOutcome) -> dict[str, str]:
@@ -132,7 +122,7 @@ class VCRoutes:
             payload = json.loads(await http_request.body())
         except ValueError as error:
             raise InvalidRequest(f"the body is not valid JSON: {error}", param="body") from error
-        options: VCRequest = _validated(VCRequest, payload)
+        options: VCRequest = validate_body(VCRequest, payload)
         await self._conversions.check_available("input_audio_source")
         return options, await self._conversions.stored_input(options.input_audio_source)
 

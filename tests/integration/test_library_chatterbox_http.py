@@ -96,23 +96,31 @@ def test_openai_voice_uses_the_library_voice_and_its_defaults(cbx, library_voice
     assert soundfile.info(io.BytesIO(response.content)).samplerate == 24_000
 
 
-def test_vc_of_a_stored_six_second_input_is_windowed_over_both_replicas(cbx, library_voice, data_dirs):
-    health = cbx.get("/api/v1/health").json()
-    assert health["engines"]["vc"]["name"] == "chatterbox"
-    assert health["deployments"]["VC"]["replicas"].get("RUNNING") == 2
+@pytest.fixture(scope="module")
+def six_second_input(cbx) -> str:
+    """Exactly 6 s of speech in the VC input store."""
     sentence = piper_sentence("This recording is converted into another voice in three windows.")
-    source = np.resize(sentence.samples, 6 * sentence.sample_rate)  # exactly 6 s
+    source = np.resize(sentence.samples, 6 * sentence.sample_rate)
     stored = cbx.post(
         "/api/v1/vc_input",
         files={"vc_input_file": ("six.wav", wav_bytes(source, sentence.sample_rate), "audio/wav")},
+        data={"overwrite": "true"},
     )
     assert stored.status_code == 200, stored.text
+    yield stored.json()["filename"]
+    cbx.delete(f"/api/v1/vc_input/{stored.json()['filename']}", params={"confirm": "true"})
+
+
+def test_vc_of_a_stored_six_second_input_is_windowed_over_both_replicas(cbx, library_voice, six_second_input):
+    health = cbx.get("/api/v1/health").json()
+    assert health["engines"]["vc"]["name"] == "chatterbox"
+    assert health["deployments"]["VC"]["replicas"].get("RUNNING") == 2
 
     response = cbx.post(
         "/api/v1/vc",
         params={"response_mode": "url"},
         json={
-            "input_audio_source": "six.wav",
+            "input_audio_source": six_second_input,
             "target_voice_source": library_voice,
             "chunk_sec": 2,
             "overlap_sec": 0.25,
@@ -173,7 +181,7 @@ def test_vc_of_an_uploaded_file_returns_audio_of_its_length(cbx):
         ),
     ],
 )
-def test_bad_vc_requests_are_4xx_naming_the_field(cbx, request_kwargs, status, param):
+def test_bad_vc_requests_are_4xx_naming_the_field(cbx, six_second_input, request_kwargs, status, param):
     response = cbx.post("/api/v1/vc", **request_kwargs)
     assert response.status_code == status, response.text
     body = response.json()

@@ -112,10 +112,12 @@ def chatterbox_app(
     """A second app of the same serve_config.yaml at /cbx, serving the random Chatterbox checkpoint.
 
     Chunks are capped at 1 s of speech: full-size S3Gen costs seconds of CPU per second of audio.
-    Two VC replicas, so the windows of one conversion can be seen to spread over both.
+    Two VC replicas taking one window each at a time, so the windows of one conversion must spread
+    over both: with room for several, Serve's power-of-two router sent all three windows of a burst
+    to one replica in 2 of 5 runs (its queue-length view lags requests sent within microseconds).
     """
     chatterbox = {"checkpoint_dir": str(chatterbox_checkpoint), "max_new_tokens": 25, "download": False}
-    vc = {"autoscaling": None, "num_replicas": 2}
+    vc = {"autoscaling": None, "num_replicas": 2, "max_ongoing_requests": 1}
     serve_apps.deploy(
         app_config(serve_apps.port, data_dirs, engine="chatterbox", chatterbox=chatterbox, vc=vc),
         name="chatterbox-random",

@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-fast lint bench load-test clean-outputs
+.PHONY: install run test test-fast lint manifests bench load-test load-table clean-outputs
 
 install: .venv/.installed-$(LOCK_HASH)
 
@@ -36,8 +36,14 @@ test-fast: install  ## unit tests only (no real models, no Ray)
 lint: install
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
+manifests: install  ## write cluster/'s Serve configs from serve_config.yaml (cluster/render_manifests.py --check compares)
+	.venv/bin/python cluster/render_manifests.py
+
 bench: install  ## benchmark tables (printed, and JSON under load_tests/reports/)
 	.venv/bin/python -m load_tests.benchmark
 
-load-test: install  ## bounded headless Locust run against a running `make run`
-	.venv/bin/python -m load_tests.run_locust
+load-test: install  ## bounded headless Locust mix against a running `make run` (127.0.0.1 only; reports in load_tests/reports/)
+	.venv/bin/python -m load_tests.run_locust $(if $(PORT),--port $(PORT)) $(LOCUST_ARGS)
+
+load-table: install  ## README load tables: deploys Piper itself, 1/2 TTS replicas x 1-8 users, then a 503 burst (~10 min)
+	.venv/bin/python -m load_tests.load_table $(LOAD_TABLE_ARGS)

@@ -25,8 +25,9 @@ STAGE_SPECS = ("ingress", "chunker", "tts", "vc", "validator", "postprocess")
 
 def build_app(args: dict[str, Any]) -> Application:
     settings = AppSettings.model_validate(args or {})
-    has_gpus = settings.accelerator == "gpu" or (settings.accelerator == "auto" and cluster_has_gpus())
-    settings = resolve_settings(settings, has_gpus)
+    offered = cluster_resource_names()
+    has_gpus = settings.accelerator == "gpu" or (settings.accelerator == "auto" and "GPU" in offered)
+    settings = resolve_settings(settings, has_gpus, offered)
     payload = settings.model_dump()
     chunker = _deployment(Chunker, "Chunker", settings.chunker).bind()
     tts = _deployment(TTS, "TTS", settings.tts).bind(payload)
@@ -38,17 +39,26 @@ def build_app(args: dict[str, Any]) -> Application:
     )
 
 
-def resolve_settings(settings: AppSettings, has_gpus: bool) -> AppSettings:
+def resolve_settings(
+    settings: AppSettings, has_gpus: bool, offered: frozenset[str] = frozenset()
+) -> AppSettings:
     """Specs fitted to the cluster, and data paths made absolute where the app is built.
 
     Replicas may start in another working directory (a runtime_env working_dir is unpacked
-    elsewhere), so relative paths are resolved once, here.
+    elsewhere), so relative paths are resolved once, here. Custom resources that no node offers
+    (``stable_node`` on a laptop) are dropped rather than left to keep replicas pending forever.
     """
     if not has_gpus:
         logger.warning(
             "No GPUs in the Ray cluster: GPU deployments run on CPU with their cpu_fallback resources"
         )
-    updates: dict[str, Any] = {name: getattr(settings, name).for_cluster(has_gpus) for name in STAGE_SPECS}
+    for name in STAGE_SPECS:
+        missing = sorted(set(getattr(settings, name).resources) - offered)
+        if missing:
+            logger.warning("No node offers %s: %s replicas go wherever they fit", missing, name)
+    updates: dict[str, Any] = {
+        name: getattr(settings, name).for_cluster(has_gpus, offered) for name in STAGE_SPECS
+    }
     for folder in ("voices_dir", "vc_inputs_dir", "outputs_dir"):
         updates[folder] = str(Path(getattr(settings, folder)).expanduser().resolve())
     if settings.chatterbox.checkpoint_dir:
@@ -57,18 +67,31 @@ def resolve_settings(settings: AppSettings, has_gpus: bool) -> AppSettings:
     return settings.model_copy(update=updates)
 
 
-def cluster_has_gpus() -> bool:
+def cluster_resource_names() -> frozenset[str]:
+    """The resources some node of the connected cluster offers (GPU, stable_node, ...).
+
+    Serve builds the app inside the cluster, where Ray is connected. Anywhere else (``serve build``,
+    a script or a test importing the builder) no cluster is started for this: nothing is offered,
+    so custom resources are dropped and ``accelerator: auto`` means CPU (``gpu`` still asks for GPUs).
+    """
     if not ray.is_initialized():
-        ray.init()
-    return ray.cluster_resources().get("GPU", 0) > 0
+        logger.warning(
+            "Ray is not initialised: the cluster's resources could not be read, so no custom resources "
+            "are requested and accelerator=auto means CPU"
+        )
+        return frozenset()
+    return frozenset(name for name, amount in ray.cluster_resources().items() if amount > 0)
 
 
 def _deployment(cls: type, name: str, spec: DeploymentSpec) -> Any:
     options: dict[str, Any] = {
         "name": name,
         "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
         "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
     }
+    if spec.resources:
+        options["ray_actor_options"]["resources"] = dict(spec.resources)
     if spec.autoscaling is not None:
         options["autoscaling_config"] = spec.autoscaling
     else:

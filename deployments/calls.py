@@ -1,41 +1,165 @@
-"""Calls from the ingress to the stage deployments, retried when a replica dies under them.
+"""Calls from the ingress to the stage deployments: retried only where the work was lost.
 
-Serve alone loses in-flight work on node loss (DESIGN.md: one of 60 requests got a 500 when a
-worker was removed). Every stage call is idempotent, so retrying it on another replica is safe.
+Serve alone loses in-flight work on node loss (DESIGN.md: requests got a 500 when a worker was
+removed). Every stage call is idempotent (seeded), so running it again elsewhere is safe, but
+not always right:
+- the replica died with its node: the work is gone, try again (``node_loss_retries``);
+- the replica died while its node lived: the input may be what kills it, so try again only
+  ``replica_crash_retries`` times, then fail the request naming the crash instead of taking
+  down every fresh replica in turn;
+- the replica is unreachable but not known dead (``ActorUnavailableError``): wait for the
+  cluster to decide. Dead: as above. Alive again: the call may still be running there, and
+  running it twice would spend the GPU twice, so the request fails with 503 + Retry-After;
+- anything else (a user error, an engine error, a bug) is not retried here at all.
+Serve's ``BackPressureError`` (a stage queue is full) becomes the same 503 the admission gate
+gives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from ray.exceptions import ActorUnavailableError, RayActorError
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+
+from pipeline.errors import Overloaded, ReplicaCrashed
+from pipeline.settings import RetryConfig
 
 logger = logging.getLogger("ray.serve")
 
-STAGE_CALL_ATTEMPTS = 3
-RETRY_BACKOFF_SEC = 0.5
+POLL_INTERVAL_SEC = 0.5
 
 
-def resilient(handle: DeploymentHandle, method: str) -> Callable[..., Awaitable[Any]]:
-    async def call(*args: Any) -> Any:
-        for attempt in range(1, STAGE_CALL_ATTEMPTS + 1):
+class Fate(enum.Enum):
+    """What became of the replica a call was sent to."""
+
+    NODE_DIED = "died with its node"
+    REPLICA_DIED = "died while its node lived"
+    ALIVE = "is alive again, so the call may still be running there"
+    UNKNOWN = "could not be found in the cluster's state"
+
+
+@dataclass(frozen=True)
+class ActorState:
+    state: str  # ALIVE, RESTARTING, DEAD, ... as the GCS names them
+    node_id: str
+    node_died: bool  # the death cause names the node's death
+
+
+class ClusterView(Protocol):
+    def actor(self, actor_id: str) -> ActorState | None: ...
+
+    def node_alive(self, node_id: str) -> bool: ...
+
+
+class GcsClusterView:
+    """Actor and node state straight from the GCS.
+
+    ``ray.util.state`` would be the public way, but it needs the dashboard, which our clusters
+    may run without; ``ray._private.state.actors`` reads the same table from the GCS directly.
+    """
+
+    def actor(self, actor_id: str) -> ActorState | None:
+        from ray._private import state
+
+        info = state.actors(actor_id=actor_id)
+        if not info:
+            return None
+        cause = info.get("DeathCause")
+        node_died = bool(
+            cause is not None
+            and cause.HasField("actor_died_error_context")
+            and cause.actor_died_error_context.HasField("node_death_info")
+            and cause.actor_died_error_context.node_death_info.reason != 0
+        )
+        return ActorState(info["State"], info["Address"]["NodeID"], node_died)
+
+    def node_alive(self, node_id: str) -> bool:
+        return any(node["NodeID"] == node_id and node["Alive"] for node in ray.nodes())
+
+
+async def replica_fate(error: RayActorError, cluster: ClusterView, wait_sec: float) -> Fate:
+    """Wait until the cluster says whether the replica behind ``error`` is dead or alive.
+
+    On a node loss the caller often learns first (a broken connection: ActorUnavailableError)
+    and the GCS declares the node and its actors dead seconds later, so "alive" is only
+    believed once ``wait_sec`` has passed without a death. An ActorDiedError is a death
+    whatever the GCS says yet; only its cause (node or replica) is looked up.
+    """
+    known_dead = isinstance(error, ActorDiedError)
+    if error.actor_id is None:
+        return Fate.REPLICA_DIED if known_dead else Fate.UNKNOWN
+    deadline = time.monotonic() + wait_sec
+    while True:
+        actor = await asyncio.to_thread(cluster.actor, error.actor_id)
+        if actor is None:
+            return Fate.REPLICA_DIED if known_dead else Fate.UNKNOWN
+        if actor.state == "DEAD" or (known_dead and time.monotonic() >= deadline):
+            if actor.node_died or not await asyncio.to_thread(cluster.node_alive, actor.node_id):
+                return Fate.NODE_DIED
+            return Fate.REPLICA_DIED
+        if time.monotonic() >= deadline:
+            return Fate.ALIVE
+        await asyncio.sleep(POLL_INTERVAL_SEC)
+
+
+class StageCalls:
+    """Makes the ingress's stage calls, each with the retry rules above."""
+
+    def __init__(self, policy: RetryConfig, retry_after_sec: int, cluster: ClusterView | None = None) -> None:
+        self._policy = policy
+        self._retry_after_sec = retry_after_sec
+        self._cluster = cluster or GcsClusterView()
+
+    def __call__(self, handle: DeploymentHandle, method: str) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any) -> Any:
+            return await self._call(handle, method, args)
+
+        return call
+
+    async def _call(self, handle: DeploymentHandle, method: str, args: tuple[Any, ...]) -> Any:
+        stage = f"{handle.deployment_name}.{method}"
+        node_losses = crashes = 0
+        while True:
             try:
                 return await getattr(handle, method).remote(*args)
-            except (RayActorError, ActorUnavailableError) as error:
-                if attempt == STAGE_CALL_ATTEMPTS:
-                    raise
-                logger.warning(
-                    "%s.%s lost its replica (%s); retrying (%d)",
-                    handle.deployment_name,
-                    method,
-                    error,
-                    attempt,
+            except BackPressureError as error:
+                raise Overloaded(
+                    f"{handle.deployment_name} is at capacity; retry in {self._retry_after_sec} s",
+                    retry_after_sec=self._retry_after_sec,
+                ) from error
+            except (ActorDiedError, ActorUnavailableError) as error:
+                fate = await replica_fate(error, self._cluster, self._policy.unavailable_wait_sec)
+            if fate is Fate.NODE_DIED and node_losses < self._policy.node_loss_retries:
+                node_losses += 1
+                attempt = node_losses
+            elif fate is Fate.REPLICA_DIED and crashes < self._policy.replica_crash_retries:
+                crashes += 1
+                attempt = crashes
+            elif fate is Fate.REPLICA_DIED:
+                raise ReplicaCrashed(
+                    f"{stage} killed its replica {crashes + 1} times (the node stayed up); "
+                    "the input may be what crashes it, so it was not tried again"
                 )
-                await asyncio.sleep(RETRY_BACKOFF_SEC * attempt)
-        raise AssertionError("unreachable")
-
-    return call
+            elif fate is Fate.NODE_DIED:
+                raise Overloaded(
+                    f"{stage} lost its replica to {node_losses + 1} node failures; retry in "
+                    f"{self._retry_after_sec} s",
+                    retry_after_sec=self._retry_after_sec,
+                )
+            else:
+                raise Overloaded(
+                    f"a {handle.deployment_name} replica became unreachable and {fate.value}; "
+                    f"the call was not repeated; retry in {self._retry_after_sec} s",
+                    retry_after_sec=self._retry_after_sec,
+                )
+            logger.warning("%s: its replica %s; retrying (%d)", stage, fate.value, attempt)
+            await asyncio.sleep(self._policy.backoff_sec * attempt)

@@ -10,16 +10,20 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import ServiceError
+from pipeline.errors import Overloaded, ServiceError
 
 logger = logging.getLogger("ray.serve")
 
 
 def error_response(
-    status_code: int, error: dict[str, object], request: Request, **extra: object
+    status_code: int,
+    error: dict[str, object],
+    request: Request,
+    headers: dict[str, str] | None = None,
+    **extra: object,
 ) -> JSONResponse:
     body = {"success": False, "error": error, "request_id": request.headers.get("x-request-id"), **extra}
-    return JSONResponse(status_code=status_code, content=body)
+    return JSONResponse(status_code=status_code, content=body, headers=headers)
 
 
 def install_error_handlers(api: FastAPI) -> None:
@@ -28,6 +32,9 @@ def install_error_handlers(api: FastAPI) -> None:
         # Errors raised in another replica arrive wrapped by Ray as a subclass that keeps the cause.
         cause = getattr(error, "cause", error)
         cause = cause if isinstance(cause, ServiceError) else error
+        if isinstance(cause, Overloaded):
+            logger.warning("%s %s refused: %s", request.method, request.url.path, cause.message)
+            return error_response(cause.status_code, cause.to_dict(), request, cause.headers())
         if cause.status_code >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, cause.message)
         return error_response(cause.status_code, cause.to_dict(), request)

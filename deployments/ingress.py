@@ -7,16 +7,16 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.calls import resilient
+from deployments.calls import StageCalls
+from deployments.fleet import FleetView, running_replicas
 from deployments.http_errors import install_error_handlers
 from deployments.library_routes import LibraryRoutes
 from deployments.library_routes import router as library_router
@@ -30,6 +30,7 @@ from deployments.responses import (
 )
 from deployments.vc_routes import VCRoutes
 from deployments.vc_routes import router as vc_router
+from pipeline.admission import AdmissionGate
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, StreamingEncoder
 from pipeline.clip import AudioClip
 from pipeline.conversion import VoiceConversionPipeline
@@ -40,7 +41,7 @@ from pipeline.library import AudioLibrary, LibraryKind
 from pipeline.outputs import OutputStore
 from pipeline.schemas import OPENAI_MODELS, OpenAISpeechRequest, TTSRequest, TTSResponse
 from pipeline.serving import SpeechResult, SpeechService, native_output_stem
-from pipeline.settings import AppSettings, DefaultsConfig
+from pipeline.settings import AdmissionConfig, AppSettings, DefaultsConfig
 from pipeline.sources import AudioSources
 from pipeline.storage import LocalDirectoryStore
 from pipeline.url_sources import UrlFetcher
@@ -119,6 +120,27 @@ async def _sse_events(
     yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n"
 
 
+async def _releasing(
+    chunks: AsyncGenerator[StreamedChunk, None], release: Callable[[], None]
+) -> AsyncIterator[StreamedChunk]:
+    """The stream's chunks; its admission slot is freed when it ends, fails or is dropped.
+
+    A client that disconnects makes Starlette stop iterating; this generator's ``finally`` then
+    runs when it is closed or collected, frees the slot and closes the pipeline's stream, which
+    cancels the chunks still being generated.
+    """
+    try:
+        async for item in chunks:
+            yield item
+    finally:
+        release()
+        await chunks.aclose()
+
+
+def _admission_gate(config: AdmissionConfig) -> AdmissionGate:
+    return AdmissionGate(config.max_active_requests, config.max_waiting_requests, config.retry_after_sec)
+
+
 def _plain(value: Any) -> str:
     """Serve's status enums as their plain names (str() of a str-Enum gives 'Class.NAME')."""
     return str(getattr(value, "value", value))
@@ -174,14 +196,20 @@ class Ingress(LibraryRoutes, VCRoutes):
         self._tts = tts
         self._vc = vc
         self._validator = validator
-        self._engine_info: EngineInfo | None = None
-        self._vc_engine_info: EngineInfo | None = None
-        self._validator_info: dict[str, str] | None = None
+        # What each stage's replicas report of themselves, refreshed (deployments/fleet.py), so a
+        # redeploy or a fleet of unlike replicas is seen as it is.
+        self._fleets = {
+            "tts": FleetView(tts.report.remote),
+            "vc": FleetView(vc.report.remote),
+            "validator": FleetView(validator.report.remote),
+        }
+        self._admission = _admission_gate(self._settings.admission)
+        calls = StageCalls(self._settings.retries, self._settings.admission.retry_after_sec)
         self._pipeline = TTSPipeline(
-            split=resilient(chunker, "split"),
-            synthesize=resilient(tts, "synthesize"),
-            transcribe=resilient(validator, "transcribe"),
-            render=resilient(postprocess, "render"),
+            split=calls(chunker, "split"),
+            synthesize=calls(tts, "synthesize"),
+            transcribe=calls(validator, "transcribe"),
+            render=calls(postprocess, "render"),
         )
         self._voices, self._vc_inputs = _libraries(self._settings)
         sources = AudioSources(self._voices, self._vc_inputs, UrlFetcher(self._settings.url_sources))
@@ -193,8 +221,8 @@ class Ingress(LibraryRoutes, VCRoutes):
             defaults=self._settings.defaults,
         )
         self._conversions = ConversionService(
-            VoiceConversionPipeline(resilient(vc, "convert")),
-            render=resilient(postprocess, "render"),
+            VoiceConversionPipeline(calls(vc, "convert")),
+            render=calls(postprocess, "render"),
             sources=sources,
             engine_info=self._vc_info,
         )
@@ -202,27 +230,24 @@ class Ingress(LibraryRoutes, VCRoutes):
         self._metrics = SpeechMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Server defaults (validation threshold, OpenAI voice map, ...) change without a restart."""
+        """Server defaults (validation threshold, OpenAI voice map, ...) and admission limits change
+        without a restart. Requests admitted before a change keep (and free) their old slot."""
         merged = {**self._settings.defaults.model_dump(), **(user_config.get("defaults") or {})}
         self._service.defaults = DefaultsConfig.model_validate(merged)
+        self._admission = _admission_gate(
+            AdmissionConfig.model_validate(
+                {**self._settings.admission.model_dump(), **(user_config.get("admission") or {})}
+            )
+        )
 
     async def _tts_info(self) -> EngineInfo:
-        if self._engine_info is None:
-            self._engine_info = await self._tts.info.remote()
-        return self._engine_info
+        return await self._fleets["tts"].engine()
 
     async def _vc_info(self) -> EngineInfo:
-        if self._vc_engine_info is None:
-            self._vc_engine_info = await self._vc.info.remote()
-        return self._vc_engine_info
-
-    async def _validator_details(self) -> dict[str, str]:
-        if self._validator_info is None:
-            self._validator_info = await self._validator.info.remote()
-        return self._validator_info
+        return await self._fleets["vc"].engine()
 
     async def _validator_model(self) -> str:
-        return (await self._validator_details())["model"]
+        return (await self._fleets["validator"].engine()).model
 
     @api.get("/", include_in_schema=False)
     async def root(self) -> dict[str, Any]:
@@ -243,31 +268,25 @@ class Ingress(LibraryRoutes, VCRoutes):
     async def health(self) -> JSONResponse:
         """200 when every stage has a running replica, else 503 with each stage's status and message.
 
-        Engine details come from the stages themselves, with a timeout: a TTS deployment whose
-        replicas cannot load must not hang the health check.
+        Engine details come from the stages' replicas themselves, each stage surveyed within a
+        timeout: a TTS deployment whose replicas cannot load must not hang the health check. Each
+        stage lists its running replicas (node, device, assigned GPUs) and whether they agree.
         """
         deployments = _deployment_states()
-        engines: dict[str, Any] = {}
-        for stage, info in (("tts", self._tts_info), ("vc", self._vc_info)):
-            try:
-                engine = await asyncio.wait_for(info(), ENGINE_INFO_TIMEOUT_SEC)
-                engines[stage] = {
-                    "name": engine.name,
-                    "model": engine.model,
-                    "device": engine.device,
-                    "sample_rate": engine.sample_rate,
-                    "supports_cloning": engine.supports_cloning,
-                    **engine.details,
-                }
-            except (TimeoutError, RayError) as error:
-                engines[stage] = {"name": "unavailable", "error": str(error) or type(error).__name__}
+        app_name = serve.get_replica_context().app_name
+        running = await running_replicas(app_name, ENGINE_INFO_TIMEOUT_SEC)
+        handles = {"tts": self._tts, "vc": self._vc, "validator": self._validator}
+        surveys = [
+            self._fleets[stage].health(
+                None if running is None else running.get(handle.deployment_name, {}),
+                ENGINE_INFO_TIMEOUT_SEC,
+            )
+            for stage, handle in handles.items()
+        ]
+        engines: dict[str, Any] = dict(zip(handles, await asyncio.gather(*surveys), strict=True))
         if engines["vc"].get("name") == "none":
             # No VC model (the offline Piper default): VC requests get 422; the rest is healthy.
             engines["vc"]["available"] = False
-        try:
-            engines["validator"] = await asyncio.wait_for(self._validator_details(), ENGINE_INFO_TIMEOUT_SEC)
-        except (TimeoutError, RayError) as error:
-            engines["validator"] = {"model": "unavailable", "error": str(error) or type(error).__name__}
         healthy = all(state["status"] == "HEALTHY" for state in deployments.values()) and all(
             "error" not in details for details in engines.values()
         )
@@ -278,6 +297,8 @@ class Ingress(LibraryRoutes, VCRoutes):
                 "version": VERSION,
                 "engines": engines,
                 "deployments": deployments,
+                # This ingress replica's synthesis requests: running, waiting, refused since start.
+                "admission": self._admission.snapshot(),
             },
         )
 
@@ -294,7 +315,8 @@ class Ingress(LibraryRoutes, VCRoutes):
         wants_audio = response_mode.lower() in AUDIO_RESPONSE_MODES
         formats = requested_formats(request.export_formats, return_format)
         job = await self._service.native_job(request, tuple(formats))
-        result = await self._service.run(job)
+        async with self._admission.admit():
+            result = await self._service.run(job)
         self._metrics.record("native", result.engine.name, result.chunks, result.rendered.clip.duration_sec)
         stored: list[dict[str, str]] = []
         if not wants_audio or len(formats) > 1:
@@ -337,7 +359,11 @@ class Ingress(LibraryRoutes, VCRoutes):
     async def openai_speech(self, request: OpenAISpeechRequest) -> Response:
         job = await self._service.openai_job(request)
         engine = await self._tts_info()
-        chunks = self._pipeline.stream(job, self._service.defaults.stream_chunks_in_flight)
+        await self._admission.acquire()
+        chunks = _releasing(
+            self._pipeline.stream(job, self._service.defaults.stream_chunks_in_flight),
+            self._admission.release,
+        )
         # Wait for the first chunk before answering, so a failure still gets a proper error status.
         first = await anext(chunks)
         fmt = request.response_format

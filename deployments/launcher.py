@@ -106,9 +106,9 @@ def main() -> None:
     engines = health["engines"]
     print(
         f"\nChatterbox TTS is serving at {base_url}  (docs: {base_url}/docs)\n"
-        f"  TTS engine: {engines['tts']['name']} ({engines['tts']['model']}) on {engines['tts']['device']}\n"
+        f"  TTS engine: {_stage_line(engines['tts'])}\n"
         f"  VC engine:  {_vc_line(engines['vc'])}\n"
-        f"  Validator:  {engines['validator']['model']} on {engines['validator']['device']}\n"
+        f"  Validator:  {_stage_line(engines['validator'])}\n"
         f"  Metrics:    http://{options.host}:{options.metrics_port}/metrics (ray_serve_*, ray_tts_*)\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
@@ -135,7 +135,20 @@ def _args_from_environment() -> dict[str, Any]:
 def _vc_line(vc: dict[str, Any]) -> str:
     if vc.get("available") is False:
         return f"none ({vc.get('reason', 'no voice-conversion model')}); /api/v1/vc answers 422"
-    return f"{vc['name']} ({vc.get('model')}) on {vc.get('device')}"
+    return _stage_line(vc)
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    """``name (model) on device``, then where the replicas run: how many, on which assigned GPUs."""
+    line = f"{stage.get('name')} ({stage.get('model')}) on {stage.get('device')}"
+    replicas = stage.get("replicas") or []
+    gpus = sorted({gpu for replica in replicas for gpu in replica.get("assigned_gpus") or ()})
+    line += f"; {len(replicas)} replica(s), " + (
+        f"assigned GPU ids {', '.join(gpus)}" if gpus else "no GPU assigned"
+    )
+    if stage.get("replicas_agree") is False:
+        line += " (replicas differ: see /api/v1/health)"
+    return line
 
 
 def _failure_report(name: str, application: Any) -> str:

@@ -25,6 +25,7 @@ from deployments.responses import (
     store_outputs,
 )
 from deployments.uploads import read_upload_form
+from pipeline.admission import AdmissionGate
 from pipeline.clip import AudioClip
 from pipeline.conversion_serving import ConversionOutcome, ConversionService, conversion_output_stem
 from pipeline.errors import InvalidRequest
@@ -71,6 +72,7 @@ class VCRoutes:
     """Needs the Ingress's settings, conversion service, output store, metrics and VC input store."""
 
     _settings: AppSettings
+    _admission: AdmissionGate
     _conversions: ConversionService
     _outputs: OutputStore
     _metrics: SpeechMetrics
@@ -99,7 +101,8 @@ class VCRoutes:
                 param="content-type",
             )
         formats = requested_formats(options.export_formats, return_format)
-        outcome = await self._conversions.run(source, options, tuple(formats))
+        async with self._admission.admit():
+            outcome = await self._conversions.run(source, options, tuple(formats))
         self._metrics.record_conversion(
             outcome.engine.name, len(outcome.windows), outcome.rendered.clip.duration_sec
         )

@@ -10,7 +10,6 @@ fails the request naming the window, and the crossfade keeps loudness level (see
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 
 from pipeline.audio import resample, sine_ramp
 from pipeline.clip import AudioClip
+from pipeline.concurrency import all_or_nothing
 from pipeline.engines.base import ConversionParams, VoiceRef
 from pipeline.errors import GenerationFailed, InvalidRequest, ServiceError
 
@@ -184,23 +184,13 @@ class VoiceConversionPipeline:
             raise InvalidRequest(
                 str(error), param="chunk_sec" if chunk_sec <= 0 else "overlap_sec"
             ) from error
-        tasks = [
-            asyncio.create_task(
-                self._convert_window(
-                    audio,
-                    window,
-                    target,
-                    ConversionParams(window_seed(seed, window.index), disable_watermark),
-                )
+        # One window failing for good fails the request: the others' work would be thrown away.
+        outcomes = await all_or_nothing(
+            self._convert_window(
+                audio, window, target, ConversionParams(window_seed(seed, window.index), disable_watermark)
             )
             for window in windows
-        ]
-        try:
-            outcomes = await asyncio.gather(*tasks)
-        finally:
-            # One window failing for good fails the request: the others' work would be thrown away.
-            for task in tasks:
-                task.cancel()
+        )
         joined = join_windows([clip for clip, _ in outcomes], windows)
         reports = [
             WindowReport(
@@ -221,18 +211,16 @@ class VoiceConversionPipeline:
         self, audio: AudioClip, window: Window, target: VoiceRef | None, params: ConversionParams
     ) -> tuple[AudioClip, int]:
         """The converted window and the attempts it took. A retry keeps the window's seed, so a
-        conversion that needed one sounds the same as one that did not."""
+        conversion that needed one sounds the same as one that did not. Only the engine's own
+        failures (GenerationFailed) are retried here; a lost replica was already retried by the
+        stage call, and anything else (overload, a crash, a bug) fails the request."""
         piece = AudioClip(audio.samples[window.start : window.end], self._sample_rate)
         span = f"{window.start / self._sample_rate:.2f}-{window.end / self._sample_rate:.2f} s"
         cause: BaseException | None = None
         for attempt in range(1, self._attempts + 1):
             try:
                 converted = self._fitted(await self._convert(piece, target, params), window)
-            except ServiceError as error:
-                if error.status_code < 500:
-                    raise
-                cause = error
-            except Exception as error:  # a replica lost or a model failure: worth another try
+            except GenerationFailed as error:
                 cause = error
             else:
                 return converted, attempt

@@ -81,5 +81,38 @@ class GenerationFailed(ServiceError):
     error_type = "server_error"
 
 
+class ReplicaCrashed(ServiceError):
+    """A stage call killed its replica more often than it may be retried: not tried again, since an
+    input that crashes replicas would otherwise take down every fresh one in turn."""
+
+    status_code = 500
+    code = "REPLICA_CRASHED"
+    error_type = "server_error"
+
+
+class Overloaded(ServiceError):
+    """Past capacity: refused before any work, with a hint of when to come back (``Retry-After``)."""
+
+    status_code = 503
+    code = "SERVER_OVERLOADED"
+    error_type = "server_error"
+
+    def __init__(
+        self, message: str, *, retry_after_sec: int, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after_sec = retry_after_sec
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_overloaded, (type(self), self.message, self.retry_after_sec, self.code))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_sec)}
+
+
+def _rebuild_overloaded(cls: type[Overloaded], message: str, retry_after_sec: int, code: str) -> Overloaded:
+    return cls(message, retry_after_sec=retry_after_sec, code=code)
+
+
 def _rebuild(cls: type[ServiceError], message: str, param: str | None, code: str) -> ServiceError:
     return cls(message, param=param, code=code)

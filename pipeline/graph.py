@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from pipeline.clip import AudioClip
+from pipeline.concurrency import all_or_nothing
 from pipeline.engines.base import SynthesisParams, VoiceRef
 from pipeline.errors import GenerationFailed, ServiceError
 from pipeline.postprocess import PostProcessOptions
@@ -21,6 +22,7 @@ from pipeline.text import TextOptions
 from pipeline.validation import DEFAULT_PASS_THRESHOLD, CandidateResult, pick_candidate, score_transcript
 
 logger = logging.getLogger(__name__)
+
 
 SplitFn = Callable[[str, TextOptions], Awaitable[list[str]]]
 SynthesizeFn = Callable[[str, VoiceRef | None, SynthesisParams], Awaitable[AudioClip]]
@@ -52,6 +54,8 @@ class TTSJob:
     policy: QualityPolicy
     post: PostProcessOptions
     formats: tuple[str, ...] = ("wav",)
+    # TTS calls (chunks x candidates) this request keeps in flight: its fair share of the TTS slots.
+    max_syntheses_in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,12 +97,17 @@ class TTSPipeline:
         self._render = render
 
     async def run(self, job: TTSJob) -> PipelineResult:
+        """All chunks at once, up to the job's synthesis slots; the first failure cancels the rest.
+
+        Slots are taken in chunk order (asyncio's semaphore is FIFO), so chunk 0 starts first.
+        """
         chunks = await self._split(job.text, job.text_options)
-        outcomes = await asyncio.gather(
-            *(self.generate_chunk(index, text, job) for index, text in enumerate(chunks))
+        slots = _synthesis_slots(job)
+        outcomes = await all_or_nothing(
+            self._generate_chunk(index, text, job, slots) for index, text in enumerate(chunks)
         )
         rendered = await self._render([outcome.audio for outcome in outcomes], job.post, job.formats)
-        return PipelineResult(rendered=rendered, chunks=list(outcomes))
+        return PipelineResult(rendered=rendered, chunks=outcomes)
 
     async def stream(
         self, job: TTSJob, max_chunks_in_flight: int | None = None
@@ -111,11 +120,12 @@ class TTSPipeline:
         Whole-file steps (trim of the ends, loudness) are applied per chunk here.
         """
         chunks = await self._split(job.text, job.text_options)
-        slots = asyncio.Semaphore(max_chunks_in_flight or max(1, len(chunks)))
+        chunk_slots = asyncio.Semaphore(max_chunks_in_flight or max(1, len(chunks)))
+        synthesis_slots = _synthesis_slots(job)
 
         async def in_slot(index: int, text: str) -> ChunkOutcome:
-            async with slots:
-                return await self.generate_chunk(index, text, job)
+            async with chunk_slots:
+                return await self._generate_chunk(index, text, job, synthesis_slots)
 
         tasks = [asyncio.create_task(in_slot(index, text)) for index, text in enumerate(chunks)]
         try:
@@ -127,16 +137,16 @@ class TTSPipeline:
             for task in tasks:
                 task.cancel()
 
-    async def generate_chunk(self, index: int, text: str, job: TTSJob) -> ChunkOutcome:
+    async def _generate_chunk(
+        self, index: int, text: str, job: TTSJob, slots: asyncio.Semaphore
+    ) -> ChunkOutcome:
         """Rounds of candidates until one passes or the attempts run out, then pick per policy."""
         policy = job.policy
         candidates: list[CandidateResult] = []
         for round_index in range(policy.max_attempts):
-            round_results = await asyncio.gather(
-                *(
-                    self._candidate(text, job, round_index, candidate_index)
-                    for candidate_index in range(policy.num_candidates)
-                )
+            round_results = await all_or_nothing(
+                self._candidate(text, job, round_index, candidate_index, slots)
+                for candidate_index in range(policy.num_candidates)
             )
             candidates.extend(round_results)
             if any(_passes(candidate, policy) for candidate in round_results):
@@ -162,8 +172,11 @@ class TTSPipeline:
         return ChunkOutcome(index, text, chosen, passed, attempts=len(candidates), fallback=fallback)
 
     async def _candidate(
-        self, text: str, job: TTSJob, round_index: int, candidate_index: int
+        self, text: str, job: TTSJob, round_index: int, candidate_index: int, slots: asyncio.Semaphore
     ) -> CandidateResult:
+        """One seeded try. Only an engine's own failure (GenerationFailed) is a failed candidate
+        that another seed may fix; anything else (overload, a crashed replica, a bug) fails the
+        request, since another candidate would hit it too."""
         seed = candidate_seed(job.params.seed, round_index, candidate_index, job.policy.num_candidates)
         result = CandidateResult(
             audio=None,
@@ -175,24 +188,31 @@ class TTSPipeline:
             error=None,
         )
         try:
-            audio = await self._synthesize(text, job.voice, replace(job.params, seed=seed))
-        except ServiceError as error:
-            if error.status_code < 500:
-                raise
-            return replace(result, error=f"synthesis failed: {error.message}")
-        except Exception as error:  # a model failure on one candidate must not sink the request
-            logger.exception("synthesis of a candidate failed")
-            return replace(result, error=f"synthesis failed: {error}")
+            async with slots:
+                audio = await self._synthesize(text, job.voice, replace(job.params, seed=seed))
+        except GenerationFailed as error:
+            return replace(result, error=f"synthesis failed: {_cause(error).message}")
         result = replace(result, audio=audio)
         if not job.policy.validate:
             return result
         try:
             transcript = await self._transcribe(audio)
-        except Exception:
+        except GenerationFailed as error:
             # The audio exists but could not be checked: it can still be picked as a fallback.
-            logger.exception("transcription of a candidate failed")
+            logger.warning("transcription of a candidate failed: %s", _cause(error).message)
             return replace(result, score=0.0)
         return replace(result, transcript=transcript, score=score_transcript(text, transcript))
+
+
+def _synthesis_slots(job: TTSJob) -> asyncio.Semaphore:
+    # A job without a bound still gets a semaphore: one code path, and 2**31 is never reached.
+    return asyncio.Semaphore(job.max_syntheses_in_flight or 2**31)
+
+
+def _cause(error: ServiceError) -> ServiceError:
+    """The ServiceError itself: Ray wraps a replica's exception in a subclass that keeps it as ``cause``."""
+    cause = getattr(error, "cause", error)
+    return cause if isinstance(cause, ServiceError) else error
 
 
 def _passes(candidate: CandidateResult, policy: QualityPolicy) -> bool:

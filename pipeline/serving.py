@@ -132,6 +132,7 @@ class SpeechService:
                 output_sample_rate=request.sample_rate,
             ),
             formats=formats,
+            max_syntheses_in_flight=self.defaults.syntheses_in_flight,
         )
 
     async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
@@ -156,6 +157,7 @@ class SpeechService:
             # OpenAI's speech endpoint answers at 24 kHz (its pcm format is defined as 24 kHz s16le).
             post=PostProcessOptions(speed_factor=speed, output_sample_rate=OPENAI_SAMPLE_RATE),
             formats=(request.response_format,),
+            max_syntheses_in_flight=self.defaults.syntheses_in_flight,
         )
 
     async def run(self, job: TTSJob) -> SpeechResult:

@@ -46,13 +46,27 @@ class DeploymentSpec(_Section):
         None, description="Serve autoscaling_config (min_replicas, max_replicas, ...)."
     )
     max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Calls waiting for a replica beyond which callers get BackPressureError "
+        "(HTTP 503 with Retry-After); -1 is Serve's unbounded default.",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica (e.g. {stable_node: 0.001} keeps a stage on nodes "
+        "that do not go away); dropped, with a warning, where no node of the cluster offers them.",
+    )
     cpu_fallback: CpuFallback = Field(default_factory=CpuFallback)
 
     def threads(self) -> int:
         return self.cpu_threads or max(1, round(self.num_cpus))
 
-    def for_cluster(self, has_gpus: bool) -> DeploymentSpec:
-        """This spec as it applies to a cluster with or without GPUs."""
+    def for_cluster(self, has_gpus: bool, resources: frozenset[str] = frozenset()) -> DeploymentSpec:
+        """This spec as it applies to a cluster with or without GPUs, offering these custom resources."""
+        offered = {name: amount for name, amount in self.resources.items() if name in resources}
+        if offered != self.resources:
+            return self.model_copy(update={"resources": offered}).for_cluster(has_gpus, resources)
         if has_gpus or self.num_gpus == 0:
             return self
         autoscaling = None
@@ -125,6 +139,42 @@ class LibraryConfig(_Section):
     )
 
 
+class AdmissionConfig(_Section):
+    """How many synthesis requests one ingress replica works on and holds waiting; past that, 503.
+
+    Counted per ingress replica (several replicas each admit this many). Size ``max_active`` so
+    that active requests x ``defaults.syntheses_in_flight`` keeps every TTS replica busy, and
+    ``max_waiting`` so that a waiting request starts within a client's patience.
+    """
+
+    max_active_requests: int = Field(16, ge=1)
+    max_waiting_requests: int = Field(32, ge=0)
+    retry_after_sec: int = Field(
+        2, ge=1, description="The Retry-After of a 503: about one short request's latency."
+    )
+
+
+class RetryConfig(_Section):
+    """When a stage call is tried again (deployments/calls.py): only where the work was lost."""
+
+    node_loss_retries: int = Field(
+        3, ge=0, description="Retries of a call whose replica died with its node (the work is gone)."
+    )
+    replica_crash_retries: int = Field(
+        1,
+        ge=0,
+        description="Retries of a call whose replica died while its node lived: an input that kills "
+        "replicas is tried this many more times, then the request fails naming the crash.",
+    )
+    unavailable_wait_sec: float = Field(
+        30.0,
+        gt=0,
+        description="How long to wait for an unreachable replica to be declared dead (then retry) or "
+        "to answer again (then fail with 503: its work may still be running, so it is not duplicated).",
+    )
+    backoff_sec: float = Field(0.5, ge=0, description="Pause before a retry, times the attempt number.")
+
+
 class DefaultsConfig(_Section):
     """Server-side defaults; changeable at runtime through the Ingress user_config."""
 
@@ -132,6 +182,12 @@ class DefaultsConfig(_Section):
     openai_num_candidates: int = Field(1, ge=1, le=10)
     openai_max_attempts: int = Field(2, ge=1, le=10)
     openai_validate: bool = False
+    syntheses_in_flight: int = Field(
+        4,
+        ge=1,
+        description="TTS calls (chunks x candidates) one request keeps in flight in every mode, so a "
+        "long text or many candidates cannot take every TTS slot from other requests.",
+    )
     stream_chunks_in_flight: int | None = Field(
         2,
         ge=1,
@@ -162,6 +218,8 @@ class AppSettings(_Section):
         description="Voice and VC sources given as http(s) URLs: off unless enabled (SSRF).",
     )
     max_text_chars: int = Field(10_000, ge=1)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
     chatterbox: ChatterboxConfig = Field(default_factory=ChatterboxConfig)
     piper: PiperConfig = Field(default_factory=PiperConfig)
     whisper: WhisperConfig = Field(default_factory=WhisperConfig)

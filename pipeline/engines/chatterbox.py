@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.clip import AudioClip
+from pipeline.devices import DeviceView, Placement, place
 from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
 from pipeline.engines.chatterbox_cache import ConditioningCache
 from pipeline.engines.chatterbox_loading import find_checkpoint, resolve_checkpoint
@@ -54,9 +55,11 @@ MIN_REFERENCE_PEAK = 1e-4
 class ChatterboxSettings:
     """How to load Chatterbox. ``checkpoint_dir`` None means ``hf_repo`` (HF cache first, then download).
 
-    ``device`` auto picks CUDA, then MPS, then CPU, as torch sees them. ``dtype`` applies to T3 on
-    CUDA; elsewhere it stays float32 (half precision on CPU is slower, and upstream runs S3Gen in
-    float32 everywhere). ``cpu_threads`` sets torch's intra-op threads for the whole process.
+    ``device`` applies outside Ray: auto picks CUDA, then MPS, then CPU, as torch sees them; in a
+    Ray replica the GPUs Ray assigned decide (pipeline.devices), ``cpu`` still forcing CPU.
+    ``dtype`` applies to T3 on CUDA; elsewhere it stays float32 (half precision on CPU is slower,
+    and upstream runs S3Gen in float32 everywhere). ``cpu_threads`` sets torch's intra-op threads
+    for the whole process.
     """
 
     checkpoint_dir: str | None = None
@@ -124,9 +127,11 @@ class ChatterboxEngine:
         try:
             import torch
 
+            # Placed before chatterbox is imported: its imports may already ask torch about CUDA.
+            placement = prepare_torch(settings)
+            device = torch.device(placement.device)
             from pipeline.engines.chatterbox_model import ChatterboxModel
 
-            device = prepare_torch(settings)
             t3_dtype = getattr(torch, settings.dtype)
             if t3_dtype != torch.float32 and device.type != "cuda":
                 logger.warning(
@@ -159,6 +164,7 @@ class ChatterboxEngine:
                 "watermark": watermark_problem or "perth",
                 "max_new_tokens_cap": settings.max_new_tokens_cap,
                 "conditioning_cache_size": settings.conditioning_cache_size,
+                "gpu_memory_fraction": placement.gpu_memory_fraction,
                 "seeded": True,
             },
         )
@@ -260,26 +266,40 @@ def check_reference(voice: VoiceRef, param: str) -> None:
         raise InvalidRequest(f"reference voice {voice.name!r} is silent", param=param)
 
 
-def prepare_torch(settings: ChatterboxSettings) -> Any:
-    """Apply ``cpu_threads`` to torch and pick the device (a ``torch.device``) for ``settings.device``."""
+def prepare_torch(settings: ChatterboxSettings) -> Placement:
+    """Apply ``cpu_threads`` to torch, place the engine (pipeline.devices) and cap its GPU memory.
+
+    Placement comes before anything asks torch about CUDA: a replica without GPUs hides them first.
+    A replica holding part of a GPU (Ray's ``num_gpus: 0.5``) is capped at that share of the
+    device's memory, because Ray's fractions reserve nothing: without the cap, two half-GPU replicas
+    each grow torch's caching allocator until the other one runs out of memory. The cap covers
+    torch's allocations only, not the CUDA context (a few hundred MB per process).
+    """
     import torch
 
     if settings.cpu_threads is not None:
         torch.set_num_threads(settings.cpu_threads)
-    return pick_device(settings.device)
+    placement = place(settings.device, TORCH_VIEW)
+    if placement.gpu_memory_fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(
+            placement.gpu_memory_fraction, torch.device(placement.device)
+        )
+    return placement
 
 
-def pick_device(name: str) -> Any:
-    """``auto``: CUDA, then MPS, then CPU, as torch sees them; anything else as named."""
+def _torch_cuda_devices() -> int:
     import torch
 
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.cuda.device_count()
+
+
+def _torch_mps() -> bool:
+    import torch
+
+    return torch.backends.mps.is_available()
+
+
+TORCH_VIEW = DeviceView("torch", _torch_cuda_devices, _torch_mps)
 
 
 def load_watermarker() -> tuple[Any | None, str | None]:

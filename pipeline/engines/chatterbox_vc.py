@@ -87,9 +87,11 @@ class ChatterboxVCEngine:
         try:
             import torch
 
+            # Placed before chatterbox is imported: its imports may already ask torch about CUDA.
+            placement = prepare_torch(settings)
+            device = torch.device(placement.device)
             from pipeline.engines.chatterbox_model import load_builtin_voice, load_s3gen
 
-            device = prepare_torch(settings)
             if settings.dtype != "float32":
                 logger.warning("dtype %s applies to T3 only; VC runs S3Gen in float32", settings.dtype)
             s3gen = load_s3gen(directory, device)
@@ -118,6 +120,7 @@ class ChatterboxVCEngine:
                 "watermark": watermark_problem or "perth",
                 "conditioning_cache_size": settings.conditioning_cache_size,
                 "min_source_sec": MIN_SOURCE_SEC,
+                "gpu_memory_fraction": placement.gpu_memory_fraction,
                 "seeded": True,
             },
         )

@@ -18,6 +18,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from pipeline.audio import resample
 from pipeline.clip import AudioClip
+from pipeline.devices import DeviceView, place
 from pipeline.errors import EngineUnavailable
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 BUNDLED = "bundled"
 BUNDLED_SIZE = "tiny.en"
 WHISPER_SAMPLE_RATE = 16_000
+
+# CTranslate2 has no MPS backend and no memory cap: a fractional GPU share is bookkeeping only
+# here (README, "GPU placement and memory", says what each size needs).
+CTRANSLATE2_VIEW = DeviceView("CTranslate2", lambda: ctranslate2.get_cuda_device_count())
 
 
 def resolve_whisper_model(name_or_path: str) -> str:
@@ -61,6 +66,9 @@ class WhisperTranscriber:
     here (2 cores, int8, four 3-3.6 s Piper clips at once): 1 worker x 2 threads 1.63 s, 2 workers
     x 1 thread 1.28 s; one clip alone 0.40-0.46 s either way. On CUDA one worker (one stream)
     keeps the GPU busy; more streams rarely help (CTranslate2 docs).
+
+    ``device`` applies outside Ray (``auto``: CUDA if CTranslate2 sees one); in a Ray replica the
+    GPU Ray assigned decides (pipeline.devices), so a replica without one never loads onto a GPU.
     """
 
     def __init__(
@@ -75,16 +83,19 @@ class WhisperTranscriber:
         if cpu_threads < 1:
             raise ValueError(f"cpu_threads must be at least 1; got {cpu_threads}")
         model_path = resolve_whisper_model(model)
-        self.device = _pick_device(device)
-        self.compute_type = _pick_compute_type(compute_type, self.device)
-        on_cpu = self.device == "cpu"
+        placement = place(device, CTRANSLATE2_VIEW)
+        self.device = placement.device
+        kind, _, index = placement.device.partition(":")
+        self.compute_type = _pick_compute_type(compute_type, kind)
+        on_cpu = kind == "cpu"
         self.model_name = _describe(model, model_path)
         self._beam_size = beam_size
         self._language = language
         try:
             self._model = WhisperModel(
                 model_path,
-                device=self.device,
+                device=kind,
+                device_index=int(index or 0),
                 compute_type=self.compute_type,
                 cpu_threads=1 if on_cpu else cpu_threads,
                 num_workers=cpu_threads if on_cpu else 1,
@@ -110,12 +121,6 @@ class WhisperTranscriber:
             without_timestamps=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
-
-
-def _pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
 def _pick_compute_type(compute_type: str, device: str) -> str:

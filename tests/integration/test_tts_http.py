@@ -237,6 +237,15 @@ def test_health_names_engines_and_ready_replicas(client):
     for name, deployment in health["deployments"].items():
         assert deployment["status"] == "HEALTHY", name
         assert deployment["replicas"].get("RUNNING", 0) >= 1, name
+    # Every running TTS replica reports itself: no GPU in this cluster, so none assigned, CPU used.
+    tts = health["engines"]["tts"]
+    assert len(tts["replicas"]) == health["deployments"]["TTS"]["replicas"]["RUNNING"]
+    assert tts["replicas_agree"] is True
+    for replica in tts["replicas"]:
+        assert replica["replica_id"] and replica["node_id"], replica
+        assert replica["engine"] == "piper", replica
+        assert (replica["device"], replica["assigned_gpus"]) == ("cpu", []), replica
+    assert [replica["device"] for replica in health["engines"]["validator"]["replicas"]] == ["cpu"]
 
 
 def test_models_voices_and_docs_are_served(client):

@@ -9,6 +9,7 @@ Texts are a few characters and the token cap is small, so one synthesis costs ab
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -20,12 +21,14 @@ import numpy as np
 import pytest
 import soundfile
 
+from pipeline import devices
 from pipeline.clip import AudioClip
 from pipeline.engines.base import SynthesisParams, TTSEngine, VoiceRef
 from pipeline.engines.chatterbox import (
     ChatterboxEngine,
     ChatterboxSettings,
     chatterbox_weights_available,
+    prepare_torch,
     speech_token_cap,
 )
 from pipeline.engines.chatterbox_cache import ConditioningCache
@@ -67,6 +70,31 @@ def test_settings_reject_unknown_device_and_dtype() -> None:
     with pytest.raises(ValueError, match="dtype"):
         ChatterboxSettings(dtype="int8")
     assert ChatterboxSettings(device="cuda:1").device == "cuda:1"
+
+
+def test_a_half_gpu_replica_runs_on_its_gpu_with_torch_capped_at_its_share(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(devices, "ray_gpu_assignment", lambda: devices.GpuAssignment(("2",), 0.5))
+    monkeypatch.setenv(devices.CUDA_VISIBLE_DEVICES, "2")  # what Ray sets for the replica
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    caps = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *cap: caps.append(cap))
+    placement = prepare_torch(ChatterboxSettings())
+    assert (placement.device, placement.assigned_gpus) == ("cuda:0", ("2",))
+    assert caps == [(0.5, torch.device("cuda:0"))]
+
+
+def test_a_replica_without_gpus_runs_on_cpu_where_torch_sees_a_gpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(devices, "ray_gpu_assignment", lambda: devices.GpuAssignment((), 0.0))
+    monkeypatch.setenv(devices.CUDA_VISIBLE_DEVICES, "")
+    monkeypatch.delenv(devices.CUDA_VISIBLE_DEVICES)  # Ray leaves it unset; restored after the test
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert prepare_torch(ChatterboxSettings()).device == "cpu"
+    assert os.environ[devices.CUDA_VISIBLE_DEVICES] == ""
 
 
 def test_cache_computes_a_voice_once_when_requests_arrive_together() -> None:
@@ -210,6 +238,7 @@ def test_engine_describes_itself(engine: ChatterboxEngine, chatterbox_checkpoint
     assert info.details["t3_layers"] == 2
     assert info.details["builtin_voice"] is True
     assert info.details["max_new_tokens_cap"] == TOKEN_CAP
+    assert info.details["gpu_memory_fraction"] is None  # not a fractional GPU replica
 
 
 @pytest.mark.slow

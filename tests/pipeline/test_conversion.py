@@ -170,7 +170,7 @@ def test_a_failed_window_is_retried_with_its_seed_and_reported() -> None:
     async def flaky(piece: AudioClip, target, params: ConversionParams) -> AudioClip:
         calls.append((piece.samples[0], params.seed))
         if params.seed == window_seed(7, 2) and sum(seed == params.seed for _, seed in calls) == 1:
-            raise RuntimeError("replica lost")
+            raise GenerationFailed("the engine returned no audio")
         return await identity(piece, target, params)
 
     source = sine(20 * SR)
@@ -182,7 +182,7 @@ def test_a_failed_window_is_retried_with_its_seed_and_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    "failure", [RuntimeError("CUDA error: out of memory"), EngineUnavailable("no model")]
+    "failure", [GenerationFailed("CUDA out of memory"), GenerationFailed("the engine returned no audio")]
 )
 def test_a_window_failing_every_attempt_fails_the_request_naming_it(failure: Exception) -> None:
     attempts, cancelled = [], []
@@ -274,3 +274,22 @@ def test_reports_carry_each_windows_engine_metadata() -> None:
     result = run(VoiceConversionPipeline(convert), sine(9 * SR))
     assert [report.metadata for report in result.windows] == [{"replica": "r1", "speech_tokens": 3}] * 2
     assert result.audio.metadata == {"seed": 7, "windows": 2}
+
+
+@pytest.mark.parametrize("failure", [TypeError("a bug"), EngineUnavailable("no model")])
+def test_errors_other_than_a_failed_generation_are_not_retried_and_stop_the_other_windows(
+    failure: Exception,
+) -> None:
+    """A bug or a missing model would fail every attempt alike: it fails the request at once,
+    as itself, instead of being dressed up as "failed after 3 attempts"."""
+    attempts = []
+
+    async def convert(piece: AudioClip, target, params: ConversionParams) -> AudioClip:
+        if params.seed == window_seed(7, 1):
+            attempts.append(1)
+            raise failure
+        return await identity(piece, target, params)
+
+    with pytest.raises(type(failure)):
+        run(VoiceConversionPipeline(convert, attempts=3), sine(20 * SR))
+    assert attempts == [1]

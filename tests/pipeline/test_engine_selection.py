@@ -23,6 +23,16 @@ def test_piper_is_built_when_asked():
     assert build_tts_engine(settings(engine="piper")).info.name == "piper"
 
 
+def test_piper_runs_on_cpu_and_says_that_a_gpu_ray_assigned_goes_unused(monkeypatch, caplog):
+    from pipeline.devices import GpuAssignment
+    from pipeline.engines import piper
+
+    monkeypatch.setattr(piper, "ray_gpu_assignment", lambda: GpuAssignment(("0",), 0.5))
+    engine = build_tts_engine(settings(engine="piper"))
+    assert engine.info.device == "cpu"
+    assert "GPU 0 that Ray assigned to this replica stays unused" in caplog.text
+
+
 def test_auto_without_weights_or_downloads_falls_back_to_piper(caplog):
     engine = build_tts_engine(
         settings(engine="auto", chatterbox={"hf_repo": MISSING_REPO, "download": False})

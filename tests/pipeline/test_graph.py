@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from pipeline.clip import AudioClip
 from pipeline.engines.base import SynthesisParams
-from pipeline.errors import GenerationFailed, UnsupportedCapability
+from pipeline.errors import GenerationFailed, Overloaded, ReplicaCrashed, UnsupportedCapability
 from pipeline.graph import QualityPolicy, TTSJob, TTSPipeline, candidate_seed
 from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
@@ -40,7 +41,7 @@ class FakeStages:
         try:
             await asyncio.sleep(self.synth_delay)
             if params.seed in self.fail_seeds:
-                raise RuntimeError("model blew up")
+                raise GenerationFailed("the engine produced no speech")
             length = len(text) * 10 + params.seed % 7
             samples = np.random.default_rng(params.seed).uniform(-0.1, 0.1, length).astype(np.float32)
             return AudioClip(samples, RATE, text=text, metadata={"seed": params.seed})
@@ -156,7 +157,7 @@ def test_a_passing_round_stops_the_retries():
     assert chunk.passed
 
 
-def test_model_exceptions_are_retried_with_new_seeds():
+def test_failed_generations_are_retried_with_new_seeds():
     stages = FakeStages(fail_seeds={42})
     result = run(pipeline_of(stages).run(make_job("Hello there.", num_candidates=1, max_attempts=3)))
     assert result.chunks[0].attempts == 2
@@ -168,6 +169,71 @@ def test_a_chunk_with_no_audio_at_all_fails_the_request_clearly():
     stages.fail_seeds = {candidate_seed(42, r, 0, 1) for r in range(2)}
     with pytest.raises(GenerationFailed, match="produced no audio after 2 tries"):
         run(pipeline_of(stages).run(make_job("Hello there.", num_candidates=1, max_attempts=2)))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TypeError("a bug in the stage"),
+        ReplicaCrashed("TTS.synthesize killed its replica 2 times"),
+        Overloaded("TTS is at capacity", retry_after_sec=2),
+    ],
+)
+def test_failures_another_candidate_would_hit_too_fail_the_request_at_once(failure):
+    """Only GenerationFailed is a bad candidate; a bug is not dressed up as "synthesis failed"."""
+    stages = FakeStages()
+
+    async def broken(text, voice, params):
+        stages.synth_calls.append((text, params.seed))
+        raise failure
+
+    pipeline = TTSPipeline(stages.split, broken, stages.transcribe, stages.render)
+    with pytest.raises(type(failure)):
+        run(pipeline.run(make_job("Hello there.", num_candidates=1, max_attempts=3)))
+    assert len(stages.synth_calls) == 1
+
+
+def test_a_failing_chunk_cancels_the_chunks_still_running():
+    stages = FakeStages()
+    cancelled = []
+
+    async def one_fails(text, voice, params):
+        if text.startswith("Bad"):
+            raise TypeError("a bug")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(text)
+            raise
+        return await FakeStages.synthesize(stages, text, voice, params)
+
+    async def scenario():
+        pipeline = TTSPipeline(stages.split, one_fails, stages.transcribe, stages.render)
+        with pytest.raises(TypeError):
+            await pipeline.run(make_job("Long one. Bad one. Other one."))
+        await asyncio.sleep(0.01)
+
+    run(scenario())
+    assert sorted(cancelled) == ["Long one.", "Other one."]
+
+
+@pytest.mark.parametrize("mode", ["run", "stream"])
+def test_one_request_keeps_at_most_its_share_of_tts_calls_in_flight(mode):
+    """Chunks x candidates of one job never exceed max_syntheses_in_flight, in either mode."""
+    stages = FakeStages(synth_delay=0.02)
+    job = replace(make_job("One. Two. Three. Four. Five. Six.", num_candidates=3), max_syntheses_in_flight=4)
+
+    async def scenario():
+        if mode == "run":
+            return len((await pipeline_of(stages).run(job)).chunks)
+        return len([outcome async for outcome, _ in pipeline_of(stages).stream(job, None)])
+
+    assert run(scenario()) == 6
+    assert stages.max_active == 4
+    assert len(stages.synth_calls) == 18
+    assert stages.synth_calls[:3] == [("One.", seed) for _, seed in stages.synth_calls[:3]], (
+        "slots are taken in chunk order"
+    )
 
 
 def test_user_errors_from_the_engine_are_not_retried():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -117,3 +118,19 @@ def test_other_sizes_are_left_for_faster_whisper_to_download(empty_hf_cache):
 def test_an_unknown_model_is_a_clear_load_error(empty_hf_cache):
     with pytest.raises(EngineUnavailable, match="no-such-size"):
         WhisperTranscriber(model="no-such-size")
+
+
+@pytest.mark.slow
+def test_a_replica_without_gpus_transcribes_on_cpu_where_ctranslate2_sees_a_gpu(monkeypatch):
+    import ctranslate2
+
+    from pipeline import devices
+
+    monkeypatch.setattr(devices, "ray_gpu_assignment", lambda: devices.GpuAssignment((), 0.0))
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    # Ray leaves the variable unset for a num_gpus=0 replica; set here so the test restores it.
+    monkeypatch.setenv(devices.CUDA_VISIBLE_DEVICES, "")
+    monkeypatch.delenv(devices.CUDA_VISIBLE_DEVICES)
+    transcriber = WhisperTranscriber(model="bundled")
+    assert (transcriber.device, transcriber.compute_type) == ("cpu", "int8")
+    assert os.environ[devices.CUDA_VISIBLE_DEVICES] == ""

@@ -1,0 +1,69 @@
+"""Admission control: how many synthesis requests one ingress replica works on, and holds waiting.
+
+Serve's own ``max_queued_requests`` answers 503 from the proxy without ``Retry-After`` and
+without our error shape, and it counts every route (health, voice lists) alike. So the ingress
+admits synthesis requests itself: up to ``max_active`` run, up to ``max_waiting`` more wait in
+arrival order, and anything past that is refused at once, before any work, with a 503 that
+says when to come back. Serve's limits stay as the last line behind this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from pipeline.errors import Overloaded
+
+
+class AdmissionGate:
+    def __init__(self, max_active: int, max_waiting: int, retry_after_sec: int) -> None:
+        self._slots = asyncio.Semaphore(max_active)
+        self._max_waiting = max_waiting
+        self._retry_after_sec = retry_after_sec
+        self.max_active = max_active
+        self.active = 0
+        self.waiting = 0
+        self.refused = 0
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if there is room in the line; refuse with 503 if not.
+
+        A streamed response holds its slot until the stream ends, so routes that stream call
+        this and ``release`` themselves instead of using ``admit``.
+        """
+        if self._slots.locked() and self.waiting >= self._max_waiting:
+            self.refused += 1
+            raise Overloaded(
+                f"the server is at capacity ({self.active} requests running, {self.waiting} waiting); "
+                f"retry in {self._retry_after_sec} s",
+                retry_after_sec=self._retry_after_sec,
+            )
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a slot for the body of the ``async with``."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "active": self.active,
+            "waiting": self.waiting,
+            "max_active": self.max_active,
+            "max_waiting": self._max_waiting,
+            "refused": self.refused,
+        }

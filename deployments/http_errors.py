@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import Overloaded, ServiceError
+from pipeline.errors import Overloaded, ServiceError, unwrapped
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,9 +29,7 @@ def error_response(
 def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        # Errors raised in another replica arrive wrapped by Ray as a subclass that keeps the cause.
-        cause = getattr(error, "cause", error)
-        cause = cause if isinstance(cause, ServiceError) else error
+        cause = unwrapped(error)
         if isinstance(cause, Overloaded):
             logger.warning("%s %s refused: %s", request.method, request.url.path, cause.message)
             return error_response(cause.status_code, cause.to_dict(), request, cause.headers())

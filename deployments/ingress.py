@@ -36,6 +36,7 @@ from pipeline.clip import AudioClip
 from pipeline.conversion import VoiceConversionPipeline
 from pipeline.conversion_serving import ConversionService
 from pipeline.engines.base import EngineInfo
+from pipeline.errors import ServiceError, unwrapped
 from pipeline.graph import ChunkOutcome, TTSPipeline
 from pipeline.library import AudioLibrary, LibraryKind
 from pipeline.outputs import OutputStore
@@ -112,11 +113,21 @@ async def _audio_stream(
 async def _sse_events(
     first: StreamedChunk, rest: AsyncIterator[StreamedChunk], fmt: str, on_done: StreamDone
 ) -> AsyncIterator[str]:
-    """OpenAI's speech SSE events: base64 audio deltas, then a done event."""
-    async for data in _encoded_chunks(first, rest, fmt, on_done):
-        if data:
-            event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
-            yield f"data: {json.dumps(event)}\n\n"
+    """OpenAI's speech SSE events: base64 audio deltas, then a done event.
+
+    A failure after the first event (the status is sent by then) ends the stream with an
+    ``error`` event in our error shape and no done event, so a client can tell it is incomplete.
+    """
+    try:
+        async for data in _encoded_chunks(first, rest, fmt, on_done):
+            if data:
+                event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+                yield f"data: {json.dumps(event)}\n\n"
+    except ServiceError as error:
+        cause = unwrapped(error)
+        logger.error("speech stream failed after it started: %s", cause.message)
+        yield f"data: {json.dumps({'type': 'error', 'error': cause.to_dict()})}\n\n"
+        return
     yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n"
 
 
@@ -219,6 +230,7 @@ class Ingress(LibraryRoutes, VCRoutes):
             engine_info=self._tts_info,
             validator_model=self._validator_model,
             defaults=self._settings.defaults,
+            max_text_chars=self._settings.max_text_chars,
         )
         self._conversions = ConversionService(
             VoiceConversionPipeline(calls(vc, "convert")),

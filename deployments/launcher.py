@@ -74,7 +74,10 @@ def init_ray(num_cpus: int | None = None, metrics_port: int | None = None) -> No
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    # "local" starts a Ray of our own: a bare ray.init() joins whatever cluster last ran on this
+    # machine (a test session's, say). RAY_ADDRESS=auto or an address joins one on purpose.
     ray.init(
+        address=os.environ.get("RAY_ADDRESS", "local"),
         namespace="serve",
         num_cpus=num_cpus,
         include_dashboard=False,

@@ -110,6 +110,13 @@ class Overloaded(ServiceError):
         return {"Retry-After": str(self.retry_after_sec)}
 
 
+def unwrapped(error: ServiceError) -> ServiceError:
+    """The ServiceError itself: Ray delivers one raised in another replica wrapped in a subclass
+    that keeps the original as ``cause``."""
+    cause = getattr(error, "cause", error)
+    return cause if isinstance(cause, ServiceError) else error
+
+
 def _rebuild_overloaded(cls: type[Overloaded], message: str, retry_after_sec: int, code: str) -> Overloaded:
     return cls(message, retry_after_sec=retry_after_sec, code=code)
 

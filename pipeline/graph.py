@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pipeline.clip import AudioClip
 from pipeline.concurrency import all_or_nothing
 from pipeline.engines.base import SynthesisParams, VoiceRef
-from pipeline.errors import GenerationFailed, ServiceError
+from pipeline.errors import GenerationFailed, unwrapped
 from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
 from pipeline.text import TextOptions
@@ -191,7 +191,7 @@ class TTSPipeline:
             async with slots:
                 audio = await self._synthesize(text, job.voice, replace(job.params, seed=seed))
         except GenerationFailed as error:
-            return replace(result, error=f"synthesis failed: {_cause(error).message}")
+            return replace(result, error=f"synthesis failed: {unwrapped(error).message}")
         result = replace(result, audio=audio)
         if not job.policy.validate:
             return result
@@ -199,7 +199,7 @@ class TTSPipeline:
             transcript = await self._transcribe(audio)
         except GenerationFailed as error:
             # The audio exists but could not be checked: it can still be picked as a fallback.
-            logger.warning("transcription of a candidate failed: %s", _cause(error).message)
+            logger.warning("transcription of a candidate failed: %s", unwrapped(error).message)
             return replace(result, score=0.0)
         return replace(result, transcript=transcript, score=score_transcript(text, transcript))
 
@@ -207,12 +207,6 @@ class TTSPipeline:
 def _synthesis_slots(job: TTSJob) -> asyncio.Semaphore:
     # A job without a bound still gets a semaphore: one code path, and 2**31 is never reached.
     return asyncio.Semaphore(job.max_syntheses_in_flight or 2**31)
-
-
-def _cause(error: ServiceError) -> ServiceError:
-    """The ServiceError itself: Ray wraps a replica's exception in a subclass that keeps it as ``cause``."""
-    cause = getattr(error, "cause", error)
-    return cause if isinstance(cause, ServiceError) else error
 
 
 def _passes(candidate: CandidateResult, policy: QualityPolicy) -> bool:

@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_TEXT_CHARS = 10_000
+# The most any server accepts in one request (about two hours of speech); each server's own,
+# lower limit is AppSettings.max_text_chars, enforced by SpeechService.
+MAX_TEXT_CHARS = 100_000
 OutputFormat = Literal["wav", "mp3", "flac", "opus", "aac", "pcm"]
 WhisperModelName = Literal[
     "tiny",

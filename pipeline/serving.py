@@ -67,7 +67,9 @@ class SpeechService:
         engine_info: Callable[[], Awaitable[EngineInfo]],
         validator_model: Callable[[], Awaitable[str]],
         defaults: DefaultsConfig,
+        max_text_chars: int,
     ) -> None:
+        self._max_text_chars = max_text_chars
         self._pipeline = pipeline
         self._sources = sources
         self._engine_info = engine_info
@@ -75,6 +77,7 @@ class SpeechService:
         self.defaults = defaults
 
     async def native_job(self, request: TTSRequest, formats: tuple[str, ...]) -> TTSJob:
+        self._check_length(request.text, "text")
         resolved = await self._load_voice(request.reference_audio_filename, "reference_audio_filename")
         voice = resolved.voice if resolved else None
         await self._check_capabilities(voice, "reference_audio_filename")
@@ -136,6 +139,7 @@ class SpeechService:
         )
 
     async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
+        self._check_length(request.input, "input")
         resolved = await self._openai_voice(request.voice)
         voice = resolved.voice if resolved else None
         await self._check_capabilities(voice, "voice")
@@ -172,6 +176,13 @@ class SpeechService:
             validated=job.policy.validate,
             processing_time_sec=time.perf_counter() - started,
         )
+
+    def _check_length(self, text: str, param: str) -> None:
+        if len(text) > self._max_text_chars:
+            raise InvalidRequest(
+                f"{param} has {len(text)} characters; this server takes at most {self._max_text_chars}",
+                param=param,
+            )
 
     async def _openai_voice(self, name: str) -> ResolvedVoice | None:
         if name in self.defaults.openai_voices:

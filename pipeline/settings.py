@@ -217,7 +217,12 @@ class AppSettings(_Section):
         default_factory=UrlSourcePolicy,
         description="Voice and VC sources given as http(s) URLs: off unless enabled (SSRF).",
     )
-    max_text_chars: int = Field(10_000, ge=1)
+    max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Longest text one TTS request may carry (10,000 characters: about 11 minutes of speech).",
+    )
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     chatterbox: ChatterboxConfig = Field(default_factory=ChatterboxConfig)

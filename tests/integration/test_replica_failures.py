@@ -64,3 +64,64 @@ def test_request_survives_its_tts_replica_being_killed(client):
     assert audio.duration_sec > 20
     wait_until_healthy(client)
     assert tts_replica_actors() != [victim], "Serve should have replaced the killed replica"
+
+
+@pytest.fixture(scope="module")
+def faulty_stage(serve_apps, data_dirs, tmp_path_factory):
+    """FaultyStage (tests/fault_stage.py), two real replicas, as an app of its own."""
+    from ray import serve
+
+    from tests.conftest import app_config
+
+    calls_dir = tmp_path_factory.mktemp("fault-calls")
+    base = app_config(serve_apps.port, data_dirs)
+    (application,) = base.applications
+    faults = application.model_copy(
+        update={
+            "import_path": "tests.fault_stage:build",
+            "args": {"calls_dir": str(calls_dir)},
+            "deployments": [],
+        }
+    )
+    serve_apps.deploy(
+        base.model_copy(update={"applications": [faults]}), name="faults", route_prefix="/faults"
+    )
+    yield serve.get_deployment_handle("FaultyStage", app_name="faults"), calls_dir
+    serve_apps.remove("faults")
+
+
+def stage_call(handle, kind: str):
+    import asyncio
+
+    from deployments.calls import StageCalls
+    from pipeline.settings import RetryConfig
+
+    calls = StageCalls(RetryConfig(replica_crash_retries=1, backoff_sec=0.5), retry_after_sec=2)
+    return asyncio.run(calls(handle, "run")(kind))
+
+
+def test_an_input_that_kills_its_replica_is_tried_once_more_then_fails_naming_the_crash(faulty_stage):
+    from pipeline.errors import ReplicaCrashed
+
+    handle, calls_dir = faulty_stage
+    with pytest.raises(ReplicaCrashed, match="killed its replica 2 times"):
+        stage_call(handle, "crash")
+    crashes = list(calls_dir.glob("crash-*"))
+    # Two tries at most. (The second may have been routed to the dead replica before Serve knew,
+    # in which case the input ran once.) Without the cap it would run on every fresh replica.
+    assert 1 <= len(crashes) <= 2, crashes
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert isinstance(stage_call(handle, "ok"), int)
+            break  # Serve replaced the crashed replicas, and other inputs are served again
+        except ReplicaCrashed:
+            assert time.monotonic() < deadline, "the stage did not come back"
+            time.sleep(1)
+
+
+def test_a_bug_in_a_stage_is_reported_as_itself_and_not_retried(faulty_stage):
+    handle, calls_dir = faulty_stage
+    with pytest.raises(TypeError, match="unsupported operand"):
+        stage_call(handle, "bug")
+    assert len(list(calls_dir.glob("bug-*"))) == 1

@@ -397,3 +397,14 @@ def test_speech_metrics_are_exported_for_prometheus(client, serve_apps):
         float(line.rsplit(" ", 1)[1]) for line in samples if line.startswith("ray_tts_audio_seconds_total")
     ]
     assert sum(audio_seconds) > 2.0
+
+
+@pytest.mark.parametrize(("path", "field"), [("/api/v1/tts", "text"), ("/v1/audio/speech", "input")])
+def test_text_past_the_servers_max_text_chars_is_refused_before_any_work(client, path, field):
+    body = {field: "Hello there. " * 800}  # 10,400 characters; serve_config.yaml allows 10,000
+    if field == "input":
+        body |= {"model": "tts-1", "voice": "alloy"}
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+    assert "at most 10000" in response.json()["error"]["message"]

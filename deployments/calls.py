@@ -21,6 +21,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +46,10 @@ class Fate(enum.Enum):
     REPLICA_DIED = "died while its node lived"
     ALIVE = "is alive again, so the call may still be running there"
     UNKNOWN = "could not be found in the cluster's state"
+
+
+RETRY_CAUSES = {Fate.NODE_DIED: "node_lost", Fate.REPLICA_DIED: "replica_crashed"}
+RetryRecorder = Callable[[str, str], None]  # (stage, cause) of each retry
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,14 @@ class GcsClusterView:
         if not info:
             return None
         cause = info.get("DeathCause")
-        node_died = bool(
-            cause is not None
-            and cause.HasField("actor_died_error_context")
-            and cause.actor_died_error_context.HasField("node_death_info")
-            and cause.actor_died_error_context.node_death_info.reason != 0
+        died = (
+            cause.actor_died_error_context
+            if cause is not None and cause.HasField("actor_died_error_context")
+            else None
+        )
+        node_died = died is not None and (
+            died.reason == died.NODE_DIED
+            or (died.HasField("node_death_info") and died.node_death_info.reason != 0)
         )
         return ActorState(info["State"], info["Address"]["NodeID"], node_died)
 
@@ -114,16 +122,39 @@ async def replica_fate(error: RayActorError, cluster: ClusterView, wait_sec: flo
 class StageCalls:
     """Makes the ingress's stage calls, each with the retry rules above."""
 
-    def __init__(self, policy: RetryConfig, retry_after_sec: int, cluster: ClusterView | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryConfig,
+        retry_after_sec: int,
+        cluster: ClusterView | None = None,
+        on_retry: RetryRecorder | None = None,
+    ) -> None:
         self._policy = policy
         self._retry_after_sec = retry_after_sec
         self._cluster = cluster or GcsClusterView()
+        self._on_retry = on_retry
+        # Retries by cause since start: /api/v1/health shows them, so a test or an operator can
+        # see that a node loss was ridden out rather than never hit.
+        self.retries: Counter[str] = Counter()
 
     def __call__(self, handle: DeploymentHandle, method: str) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any) -> Any:
             return await self._call(handle, method, args)
 
         return call
+
+    async def _confirm(self, error: RayActorError) -> Fate:
+        """REPLICA_DIED, unless the replica's node is declared dead within the grace period."""
+        deadline = time.monotonic() + self._policy.node_death_grace_sec
+        while True:
+            actor = await asyncio.to_thread(self._cluster.actor, error.actor_id) if error.actor_id else None
+            if actor is not None and (
+                actor.node_died or not await asyncio.to_thread(self._cluster.node_alive, actor.node_id)
+            ):
+                return Fate.NODE_DIED
+            if actor is None or time.monotonic() >= deadline:
+                return Fate.REPLICA_DIED
+            await asyncio.sleep(POLL_INTERVAL_SEC)
 
     async def _call(self, handle: DeploymentHandle, method: str, args: tuple[Any, ...]) -> Any:
         stage = f"{handle.deployment_name}.{method}"
@@ -137,7 +168,14 @@ class StageCalls:
                     retry_after_sec=self._retry_after_sec,
                 ) from error
             except (ActorDiedError, ActorUnavailableError) as error:
+                lost = error
                 fate = await replica_fate(error, self._cluster, self._policy.unavailable_wait_sec)
+            if fate is Fate.REPLICA_DIED and crashes >= self._policy.replica_crash_retries:
+                # Out of crash retries: before blaming the input, give the cluster time to notice
+                # a node loss. Its replicas' processes die at once, the node's death is declared
+                # seconds later (measured here: every call lost with a removed worker first
+                # looked like a crash).
+                fate = await self._confirm(lost)
             if fate is Fate.NODE_DIED and node_losses < self._policy.node_loss_retries:
                 node_losses += 1
                 attempt = node_losses
@@ -162,4 +200,7 @@ class StageCalls:
                     retry_after_sec=self._retry_after_sec,
                 )
             logger.warning("%s: its replica %s; retrying (%d)", stage, fate.value, attempt)
+            self.retries[RETRY_CAUSES[fate]] += 1
+            if self._on_retry is not None:
+                self._on_retry(stage, RETRY_CAUSES[fate])
             await asyncio.sleep(self._policy.backoff_sec * attempt)

@@ -73,8 +73,8 @@ def _result_headers(result: SpeechResult) -> dict[str, str]:
     return {
         "X-Engine": _engine_header(result.engine),
         "X-Generation-Seed": str(result.seed),
-        "X-Sample-Rate": str(result.rendered.clip.sample_rate),
-        "X-Audio-Duration-Sec": f"{result.rendered.clip.duration_sec:.3f}",
+        "X-Sample-Rate": str(result.rendered.sample_rate),
+        "X-Audio-Duration-Sec": f"{result.rendered.duration_sec:.3f}",
         "X-Processing-Time-Sec": f"{result.processing_time_sec:.3f}",
         "X-Chunks": str(len(result.chunks)),
         "X-Validation": "whisper" if result.validated else "bypassed",
@@ -215,7 +215,12 @@ class Ingress(LibraryRoutes, VCRoutes):
             "validator": FleetView(validator.report.remote),
         }
         self._admission = _admission_gate(self._settings.admission)
-        calls = StageCalls(self._settings.retries, self._settings.admission.retry_after_sec)
+        self._metrics = SpeechMetrics()
+        self._stage_calls = calls = StageCalls(
+            self._settings.retries,
+            self._settings.admission.retry_after_sec,
+            on_retry=self._metrics.record_retry,
+        )
         self._pipeline = TTSPipeline(
             split=calls(chunker, "split"),
             synthesize=calls(tts, "synthesize"),
@@ -239,7 +244,6 @@ class Ingress(LibraryRoutes, VCRoutes):
             engine_info=self._vc_info,
         )
         self._outputs = OutputStore(self._settings.outputs_dir)
-        self._metrics = SpeechMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Server defaults (validation threshold, OpenAI voice map, ...) and admission limits change
@@ -311,6 +315,8 @@ class Ingress(LibraryRoutes, VCRoutes):
                 "deployments": deployments,
                 # This ingress replica's synthesis requests: running, waiting, refused since start.
                 "admission": self._admission.snapshot(),
+                # Stage calls this ingress replica sent again after their replica died, by cause.
+                "stage_retries": dict(self._stage_calls.retries),
             },
         )
 
@@ -329,7 +335,7 @@ class Ingress(LibraryRoutes, VCRoutes):
         job = await self._service.native_job(request, tuple(formats))
         async with self._admission.admit():
             result = await self._service.run(job)
-        self._metrics.record("native", result.engine.name, result.chunks, result.rendered.clip.duration_sec)
+        self._metrics.record("native", result.engine.name, result.chunks, result.rendered.duration_sec)
         stored: list[dict[str, str]] = []
         if not wants_audio or len(formats) > 1:
             stored = await store_outputs(
@@ -346,7 +352,7 @@ class Ingress(LibraryRoutes, VCRoutes):
                         stored,
                         result.seed,
                         result.engine.name,
-                        result.rendered.clip,
+                        result.rendered,
                         result.processing_time_sec,
                     ),
                     validated=result.validated,

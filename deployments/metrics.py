@@ -34,6 +34,11 @@ class SpeechMetrics:
         self._audio_seconds = Counter(
             "tts_audio_seconds", description="Seconds of audio returned.", tag_keys=TAGS
         )
+        self._stage_retries = Counter(
+            "tts_stage_retries",
+            description="Stage calls sent again after their replica died (node_lost, replica_crashed).",
+            tag_keys=("stage", "cause"),
+        )
 
     def record(self, endpoint: str, engine: str, chunks: Sequence[ChunkOutcome], audio_sec: float) -> None:
         """One answered request: its chunks, the candidates they took, the audio returned."""
@@ -52,3 +57,6 @@ class SpeechMetrics:
         self._requests.inc(tags=tags)
         self._vc_windows.inc(windows, tags=tags)
         self._audio_seconds.inc(audio_sec, tags=tags)
+
+    def record_retry(self, stage: str, cause: str) -> None:
+        self._stage_retries.inc(tags={"stage": stage, "cause": cause})

@@ -9,9 +9,9 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, OUTPUT_FORMATS
-from pipeline.clip import AudioClip
 from pipeline.errors import InvalidRequest
 from pipeline.outputs import OutputStore
+from pipeline.rendering import RenderedAudio
 from pipeline.schemas import OutputFile
 
 AUDIO_RESPONSE_MODES = {"stream", "file", "download"}
@@ -52,7 +52,7 @@ def audio_response(
 
 
 def files_summary(
-    stored: list[dict[str, str]], seed: int, engine: str, clip: AudioClip, processing_time_sec: float
+    stored: list[dict[str, str]], seed: int, engine: str, rendered: RenderedAudio, processing_time_sec: float
 ) -> dict[str, object]:
     """The fields of ``AudioFilesResponse`` for one finished generation."""
     return {
@@ -60,6 +60,6 @@ def files_summary(
         "generation_seed_used": seed,
         "processing_time_seconds": round(processing_time_sec, 3),
         "engine": engine,
-        "sample_rate": clip.sample_rate,
-        "duration_sec": round(clip.duration_sec, 3),
+        "sample_rate": rendered.sample_rate,
+        "duration_sec": round(rendered.duration_sec, 3),
     }

@@ -61,8 +61,8 @@ def _conversion_headers(outcome: ConversionOutcome) -> dict[str, str]:
     return {
         "X-Engine": f"{engine.name}; model={engine.model}; device={engine.device}",
         "X-Generation-Seed": str(outcome.seed),
-        "X-Sample-Rate": str(outcome.rendered.clip.sample_rate),
-        "X-Audio-Duration-Sec": f"{outcome.rendered.clip.duration_sec:.3f}",
+        "X-Sample-Rate": str(outcome.rendered.sample_rate),
+        "X-Audio-Duration-Sec": f"{outcome.rendered.duration_sec:.3f}",
         "X-Processing-Time-Sec": f"{outcome.processing_time_sec:.3f}",
         "X-VC-Windows": str(len(outcome.windows)),
     }
@@ -104,7 +104,7 @@ class VCRoutes:
         async with self._admission.admit():
             outcome = await self._conversions.run(source, options, tuple(formats))
         self._metrics.record_conversion(
-            outcome.engine.name, len(outcome.windows), outcome.rendered.clip.duration_sec
+            outcome.engine.name, len(outcome.windows), outcome.rendered.duration_sec
         )
         wants_audio = response_mode.lower() in AUDIO_RESPONSE_MODES
         stem = conversion_output_stem(options)
@@ -115,7 +115,7 @@ class VCRoutes:
         if wants_audio:
             return audio_response(outcome.rendered.files, formats[0], stem, stored, headers)
         summary = files_summary(
-            stored, outcome.seed, outcome.engine.name, outcome.rendered.clip, outcome.processing_time_sec
+            stored, outcome.seed, outcome.engine.name, outcome.rendered, outcome.processing_time_sec
         )
         body = VCResponse(**summary, windows=outcome.windows)
         return Response(content=body.model_dump_json(), media_type="application/json", headers=headers)

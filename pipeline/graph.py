@@ -132,6 +132,7 @@ class TTSPipeline:
             for task in tasks:
                 outcome = await task
                 rendered = await self._render([outcome.audio], job.post, ())
+                assert rendered.clip is not None, "a render without formats keeps its samples"
                 yield outcome, rendered.clip
         finally:
             for task in tasks:

@@ -166,6 +166,12 @@ class RetryConfig(_Section):
         description="Retries of a call whose replica died while its node lived: an input that kills "
         "replicas is tried this many more times, then the request fails naming the crash.",
     )
+    node_death_grace_sec: float = Field(
+        20.0,
+        ge=0,
+        description="Before a call that crashed its replica once too often fails, how long to wait for "
+        "the cluster to declare the replica's node dead (a node loss is retried, a crash is not).",
+    )
     unavailable_wait_sec: float = Field(
         30.0,
         gt=0,

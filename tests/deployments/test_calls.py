@@ -71,7 +71,13 @@ class FakeCluster:
         return self.alive
 
 
-POLICY = RetryConfig(node_loss_retries=3, replica_crash_retries=1, unavailable_wait_sec=1.0, backoff_sec=0)
+POLICY = RetryConfig(
+    node_loss_retries=3,
+    replica_crash_retries=1,
+    unavailable_wait_sec=1.0,
+    node_death_grace_sec=0.1,
+    backoff_sec=0,
+)
 
 
 def call(method: FlakyMethod, cluster: FakeCluster, policy: RetryConfig = POLICY):
@@ -129,6 +135,19 @@ def test_an_input_that_kills_replicas_is_not_fed_to_every_fresh_one():
     assert "killed its replica 2 times" in crashed.value.message
 
 
+def test_deaths_that_looked_like_crashes_are_retried_once_the_node_is_declared_dead():
+    """A node loss kills its replicas' processes at once and is declared seconds later: the
+    second death of a call is only blamed on the input once the grace period has passed."""
+
+    class NodeDeclaredDeadLater(FakeCluster):
+        def node_alive(self, node_id):
+            return self.lookups < 4
+
+    method = FlakyMethod([died(), died()])
+    assert call(method, NodeDeclaredDeadLater(["DEAD"])) == ("ok", "text")
+    assert method.calls == 3
+
+
 def test_a_single_crash_is_retried():
     method = FlakyMethod([died()])
     assert call(method, FakeCluster(["DEAD"], node_alive=True)) == ("ok", "text")
@@ -138,7 +157,11 @@ def test_a_single_crash_is_retried():
 def test_with_no_crash_retries_the_first_crash_fails_the_call():
     method = FlakyMethod([died()])
     with pytest.raises(ReplicaCrashed):
-        call(method, FakeCluster(["DEAD"]), RetryConfig(replica_crash_retries=0, backoff_sec=0))
+        call(
+            method,
+            FakeCluster(["DEAD"]),
+            RetryConfig(replica_crash_retries=0, node_death_grace_sec=0, backoff_sec=0),
+        )
     assert method.calls == 1
 
 

@@ -96,7 +96,9 @@ def stage_call(handle, kind: str):
     from deployments.calls import StageCalls
     from pipeline.settings import RetryConfig
 
-    calls = StageCalls(RetryConfig(replica_crash_retries=1, backoff_sec=0.5), retry_after_sec=2)
+    calls = StageCalls(
+        RetryConfig(replica_crash_retries=1, node_death_grace_sec=2, backoff_sec=0.5), retry_after_sec=2
+    )
     return asyncio.run(calls(handle, "run")(kind))
 
 

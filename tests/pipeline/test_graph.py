@@ -53,12 +53,10 @@ class FakeStages:
         return script(audio) if callable(script) else script
 
     async def render(self, clips, options, formats):
-        return RenderedAudio(
-            AudioClip(
-                np.concatenate([clip.samples for clip in clips]), RATE, " ".join(c.text for c in clips)
-            ),
-            {},
+        joined = AudioClip(
+            np.concatenate([clip.samples for clip in clips]), RATE, " ".join(c.text for c in clips)
         )
+        return RenderedAudio(joined, {}, RATE, joined.duration_sec)
 
 
 def make_job(text, **policy):

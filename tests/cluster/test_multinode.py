@@ -98,6 +98,21 @@ def test_replicas_sit_where_their_gpu_fractions_and_resources_say(cluster: Local
     assert head_node["total"]["stable_node"] - head_node["available"]["stable_node"] == pytest.approx(0.003)
 
 
+def test_each_tts_replica_reports_the_gpu_ray_assigned_it(cluster: LocalCluster):
+    """Logical GPUs: Ray assigns one to each TTS replica, and the engine, finding no CUDA device
+    behind it, runs on the CPU and says so, per replica, in /api/v1/health."""
+    expected = set(running_replicas(cluster.placement())["TTS"])
+    for _ in range(5):
+        health = httpx.get(f"{cluster.base_url}/api/v1/health", timeout=60).json()
+        replicas = health["engines"]["tts"]["replicas"]
+        if all(replica["reported"] for replica in replicas):
+            break
+    assert {replica["node_id"] for replica in replicas} == expected
+    for replica in replicas:
+        assert len(replica["assigned_gpus"]) == 1, replica
+        assert replica["device"] == "cpu", replica
+
+
 def test_requests_succeed_over_http_across_the_nodes(cluster: LocalCluster):
     with httpx.Client(base_url=cluster.base_url, timeout=120) as http:
         for kind in ("openai", "native", "sse"):

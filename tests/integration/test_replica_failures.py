@@ -127,3 +127,33 @@ def test_a_bug_in_a_stage_is_reported_as_itself_and_not_retried(faulty_stage):
     with pytest.raises(TypeError, match="unsupported operand"):
         stage_call(handle, "bug")
     assert len(list(calls_dir.glob("bug-*"))) == 1
+
+
+def test_a_raw_audio_stream_that_fails_after_its_first_bytes_is_not_a_clean_end(serve_apps, data_dirs):
+    """The 200 is gone with the first bytes; the body must then end so that the client sees an
+    error (an incomplete chunked body), never what looks like a complete answer."""
+    import httpx
+
+    from tests.conftest import app_config
+
+    base = app_config(serve_apps.port, data_dirs)
+    (application,) = base.applications
+    broken = application.model_copy(
+        update={"import_path": "tests.fault_stage:build_broken_stream", "args": {}, "deployments": []}
+    )
+    serve_apps.deploy(
+        base.model_copy(update={"applications": [broken]}), name="broken", route_prefix="/broken"
+    )
+    try:
+        received = bytearray()
+        url = f"http://127.0.0.1:{serve_apps.port}/broken/"
+        with (
+            pytest.raises(httpx.RemoteProtocolError, match="incomplete"),
+            httpx.stream("GET", url, timeout=60) as response,
+        ):
+            assert response.status_code == 200
+            for data in response.iter_bytes():
+                received.extend(data)
+        assert len(received) == 4800, "the first chunk arrived before the failure"
+    finally:
+        serve_apps.remove("broken")

@@ -15,7 +15,6 @@ import argparse
 import json
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from load_tests.local_cluster import LocalCluster
+from load_tests.local_cluster import LocalCluster, fixed_stage, offline_app_args
+from load_tests.run_locust import locust_command
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_EVERY_SEC = 2.0
@@ -32,28 +32,21 @@ SAMPLE_EVERY_SEC = 2.0
 def demo_args(data_root: Path, max_replicas: int) -> dict[str, Any]:
     """The app's args with a small, fast-reacting TTS autoscaler: target 1 call in flight, so the
     mix's few users are enough load to add replicas on two cores."""
-    return {
-        "engine": "piper",
-        "accelerator": "gpu",
-        "voices_dir": str(data_root / "voices"),
-        "vc_inputs_dir": str(data_root / "vc_inputs"),
-        "outputs_dir": str(data_root / "outputs"),
-        "tts": {
-            "num_cpus": 0.5,
-            "num_gpus": 0.5,
-            "autoscaling": {
-                "min_replicas": 1,
-                "max_replicas": max_replicas,
-                "target_ongoing_requests": 1,
-                "upscale_delay_s": 3,
-                "downscale_delay_s": 15,
-                "look_back_period_s": 5,
-                "metrics_interval_s": 1,
-            },
-        },
-        "vc": {"num_cpus": 0.25, "num_gpus": 0.25, "autoscaling": None, "num_replicas": 1},
-        "validator": {"num_cpus": 0.25, "num_gpus": 0.25, "autoscaling": None, "num_replicas": 1},
+    autoscaling = {
+        "min_replicas": 1,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 3,
+        "downscale_delay_s": 15,
+        "look_back_period_s": 5,
+        "metrics_interval_s": 1,
     }
+    return offline_app_args(
+        data_root,
+        tts={"num_cpus": 0.5, "num_gpus": 0.5, "autoscaling": autoscaling},
+        vc=fixed_stage(0.25, 0.25, 1),
+        validator=fixed_stage(0.25, 0.25, 1),
+    )
 
 
 def free_port() -> int:
@@ -85,7 +78,7 @@ def main() -> int:
     ):
         started = time.monotonic()
         phase = {"name": "load"}
-        locust = threading.Thread(target=run_locust, args=(cluster.base_url, options), daemon=True)
+        locust = threading.Thread(target=run_locust, args=(cluster.port, options), daemon=True)
         locust.start()
         while locust.is_alive() or time.monotonic() - started < options.load_sec + options.cooldown_sec:
             if not locust.is_alive():
@@ -113,28 +106,17 @@ def main() -> int:
     return 0 if peak > 1 and final < peak else 1
 
 
-def run_locust(base_url: str, options: argparse.Namespace) -> None:
-    assert base_url.startswith("http://127.0.0.1:")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(HERE / "locustfile.py"),
-            "--headless",
-            "--host",
-            base_url,
-            "-u",
-            str(options.users),
-            "-r",
-            str(options.spawn_rate),
-            "-t",
-            f"{options.load_sec}s",
-            "--only-summary",
-        ],
-        check=False,
+def run_locust(port: int, options: argparse.Namespace) -> None:
+    command = locust_command(
+        port,
+        options.users,
+        options.spawn_rate,
+        options.load_sec,
+        name=f"autoscaling-locust-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}",
+        max_failure_rate=1.0,
+        stop_timeout_sec=60,
     )
+    subprocess.run(command, check=False)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,24 @@ MARK = "@@cluster "  # our lines on stdout, told apart from anything Ray or a li
 STABLE_RESOURCE = "stable_node"
 
 
+def offline_app_args(data_root: Path, **stages: dict[str, Any]) -> dict[str, Any]:
+    """The app's args for a cluster with logical GPUs: the offline engines (what is tested is
+    placement and recovery, not the model), GPUs asked for, data under ``data_root``, and the
+    given stage specs (``tts=``, ``vc=``, ``validator=``)."""
+    return {
+        "engine": "piper",
+        "accelerator": "gpu",
+        "voices_dir": str(data_root / "voices"),
+        "vc_inputs_dir": str(data_root / "vc_inputs"),
+        "outputs_dir": str(data_root / "outputs"),
+        **stages,
+    }
+
+
+def fixed_stage(num_cpus: float, num_gpus: float, replicas: int) -> dict[str, Any]:
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "autoscaling": None, "num_replicas": replicas}
+
+
 class LocalCluster:
     """Starts the cluster process and talks to it."""
 

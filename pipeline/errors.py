@@ -37,6 +37,13 @@ class InvalidRequest(ServiceError):
     error_type = "invalid_request_error"
 
 
+class InvalidField(InvalidRequest):
+    """A field outside what this server accepts, found after schema validation (a limit from the
+    server's config): the same 422 FastAPI gives for a field outside the schema's own bounds."""
+
+    status_code = 422
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "RESOURCE_NOT_FOUND"

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
-from pipeline.errors import InvalidRequest, UnsupportedCapability
+from pipeline.errors import InvalidField, InvalidRequest, UnsupportedCapability
 from pipeline.graph import ChunkOutcome, QualityPolicy, TTSJob, TTSPipeline
 from pipeline.outputs import output_stem
 from pipeline.postprocess import PostProcessOptions
@@ -179,7 +179,7 @@ class SpeechService:
 
     def _check_length(self, text: str, param: str) -> None:
         if len(text) > self._max_text_chars:
-            raise InvalidRequest(
+            raise InvalidField(
                 f"{param} has {len(text)} characters; this server takes at most {self._max_text_chars}",
                 param=param,
             )

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from load_tests.local_cluster import LocalCluster
+from load_tests.local_cluster import LocalCluster, fixed_stage, offline_app_args
 from pipeline.audio import decode_audio
 from pipeline.clip import AudioClip
 from tests.conftest import free_port
@@ -41,24 +41,11 @@ THREE_SENTENCES = (
 
 
 def cluster_args(data_root: Path) -> dict:
-    def gpu_stage(name: str) -> dict:
-        return {
-            "num_cpus": CPU_SHARES[name],
-            "num_gpus": GPU_FRACTIONS[name],
-            "autoscaling": None,
-            "num_replicas": REPLICAS[name],
-        }
-
-    return {
-        "engine": "piper",
-        "accelerator": "gpu",
-        "voices_dir": str(data_root / "voices"),
-        "vc_inputs_dir": str(data_root / "vc_inputs"),
-        "outputs_dir": str(data_root / "outputs"),
-        "tts": gpu_stage("TTS"),
-        "vc": gpu_stage("VC"),
-        "validator": gpu_stage("Validator"),
+    stages = {
+        key: fixed_stage(CPU_SHARES[name], GPU_FRACTIONS[name], REPLICAS[name])
+        for key, name in (("tts", "TTS"), ("vc", "VC"), ("validator", "Validator"))
     }
+    return offline_app_args(data_root, **stages)
 
 
 @pytest.fixture(scope="module")

@@ -405,6 +405,6 @@ def test_text_past_the_servers_max_text_chars_is_refused_before_any_work(client,
     if field == "input":
         body |= {"model": "tts-1", "voice": "alloy"}
     response = client.post(path, json=body)
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == field
     assert "at most 10000" in response.json()["error"]["message"]

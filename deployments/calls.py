@@ -94,6 +94,11 @@ class GcsClusterView:
         return any(node["NodeID"] == node_id and node["Alive"] for node in ray.nodes())
 
 
+async def _node_lost(actor: ActorState, cluster: ClusterView) -> bool:
+    """The actor's death cause names its node, or the cluster no longer lists the node as alive."""
+    return actor.node_died or not await asyncio.to_thread(cluster.node_alive, actor.node_id)
+
+
 async def replica_fate(error: RayActorError, cluster: ClusterView, wait_sec: float) -> Fate:
     """Wait until the cluster says whether the replica behind ``error`` is dead or alive.
 
@@ -111,9 +116,7 @@ async def replica_fate(error: RayActorError, cluster: ClusterView, wait_sec: flo
         if actor is None:
             return Fate.REPLICA_DIED if known_dead else Fate.UNKNOWN
         if actor.state == "DEAD" or (known_dead and time.monotonic() >= deadline):
-            if actor.node_died or not await asyncio.to_thread(cluster.node_alive, actor.node_id):
-                return Fate.NODE_DIED
-            return Fate.REPLICA_DIED
+            return Fate.NODE_DIED if await _node_lost(actor, cluster) else Fate.REPLICA_DIED
         if time.monotonic() >= deadline:
             return Fate.ALIVE
         await asyncio.sleep(POLL_INTERVAL_SEC)
@@ -148,9 +151,7 @@ class StageCalls:
         deadline = time.monotonic() + self._policy.node_death_grace_sec
         while True:
             actor = await asyncio.to_thread(self._cluster.actor, error.actor_id) if error.actor_id else None
-            if actor is not None and (
-                actor.node_died or not await asyncio.to_thread(self._cluster.node_alive, actor.node_id)
-            ):
+            if actor is not None and await _node_lost(actor, self._cluster):
                 return Fate.NODE_DIED
             if actor is None or time.monotonic() >= deadline:
                 return Fate.REPLICA_DIED

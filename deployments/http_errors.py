@@ -32,10 +32,9 @@ def install_error_handlers(api: FastAPI) -> None:
         cause = unwrapped(error)
         if isinstance(cause, Overloaded):
             logger.warning("%s %s refused: %s", request.method, request.url.path, cause.message)
-            return error_response(cause.status_code, cause.to_dict(), request, cause.headers())
-        if cause.status_code >= 500:
+        elif cause.status_code >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, cause.message)
-        return error_response(cause.status_code, cause.to_dict(), request)
+        return error_response(cause.status_code, cause.to_dict(), request, cause.headers())
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

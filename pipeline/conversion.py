@@ -20,7 +20,7 @@ from pipeline.audio import resample, sine_ramp
 from pipeline.clip import AudioClip
 from pipeline.concurrency import all_or_nothing
 from pipeline.engines.base import ConversionParams, VoiceRef
-from pipeline.errors import GenerationFailed, InvalidRequest, ServiceError
+from pipeline.errors import GenerationFailed, InvalidRequest, unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class VoiceConversionPipeline:
         stage call, and anything else (overload, a crash, a bug) fails the request."""
         piece = AudioClip(audio.samples[window.start : window.end], self._sample_rate)
         span = f"{window.start / self._sample_rate:.2f}-{window.end / self._sample_rate:.2f} s"
-        cause: BaseException | None = None
+        cause: GenerationFailed | None = None
         for attempt in range(1, self._attempts + 1):
             try:
                 converted = self._fitted(await self._convert(piece, target, params), window)
@@ -230,11 +230,12 @@ class VoiceConversionPipeline:
                 span,
                 attempt,
                 self._attempts,
-                _describe(cause),
+                unwrapped(cause).message,
             )
+        assert cause is not None, "attempts is at least 1"
         raise GenerationFailed(
             f"voice conversion of window {window.index} ({span}) failed after {self._attempts} "
-            f"attempts: {_describe(cause)}"
+            f"attempts: {unwrapped(cause).message}"
         ) from cause
 
     def _fitted(self, converted: AudioClip, window: Window) -> AudioClip:
@@ -258,9 +259,3 @@ def _crossfade(fading_out: np.ndarray, fading_in: np.ndarray) -> np.ndarray:
     correlation = min(1.0, max(0.0, float(np.dot(out64, in64)) / energy)) if energy > 0 else 0.0
     gain = 1.0 / np.sqrt(rise**2 + fall**2 + 2.0 * correlation * rise * fall)
     return (gain * (fall * out64 + rise * in64)).astype(np.float32)
-
-
-def _describe(error: BaseException | None) -> str:
-    if isinstance(error, ServiceError):
-        return error.message
-    return f"{type(error).__name__}: {error}"

@@ -30,6 +30,10 @@ class ServiceError(Exception):
     def to_dict(self) -> dict[str, object]:
         return {"message": self.message, "type": self.error_type, "code": self.code, "param": self.param}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error's response carries (Retry-After for an overload)."""
+        return {}
+
 
 class InvalidRequest(ServiceError):
     status_code = 400

@@ -23,7 +23,6 @@ from pipeline.validation import DEFAULT_PASS_THRESHOLD, CandidateResult, pick_ca
 
 logger = logging.getLogger(__name__)
 
-
 SplitFn = Callable[[str, TextOptions], Awaitable[list[str]]]
 SynthesizeFn = Callable[[str, VoiceRef | None, SynthesisParams], Awaitable[AudioClip]]
 TranscribeFn = Callable[[AudioClip], Awaitable[str]]

@@ -5,9 +5,12 @@ Exported by Ray's metrics agent as ``ray_tts_*`` with the deployment, replica an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
 
-from ray.serve.metrics import Counter
+from ray.serve.metrics import Counter, Gauge
 
 from pipeline.graph import ChunkOutcome
 
@@ -60,3 +63,53 @@ class SpeechMetrics:
 
     def record_retry(self, stage: str, cause: str) -> None:
         self._stage_retries.inc(tags={"stage": stage, "cause": cause})
+
+
+class BatchMetrics:
+    """A TTS replica's T3 engine loop: how full the batch is, and what left it how.
+
+    Copied from the loop's own snapshot every period (counters as the deltas since the last copy),
+    so the decode loop never waits on the metrics client.
+    """
+
+    GAUGES: ClassVar[dict[str, str]] = {
+        "running_requests": "Chunks in the T3 batch now.",
+        "queued_requests": "Chunks waiting to join the T3 batch.",
+        "reserved_tokens": "Key/value positions the running chunks may hold (prompt + token cap).",
+        "max_batch_size": "The batch size limit in force.",
+    }
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "finished_total": "Chunks whose speech tokens are done.",
+        "cancelled_running_total": "Chunks dropped from the batch because their caller went away.",
+        "cancelled_queued_total": "Chunks dropped before joining the batch because their caller went away.",
+        "steps_total": "Batched decode steps.",
+    }
+
+    def __init__(self, engine: str) -> None:
+        self._tags = {"engine": engine}
+        self._gauges = {
+            name: Gauge(f"tts_t3_{name}", description=text, tag_keys=("engine",))
+            for name, text in self.GAUGES.items()
+        }
+        self._counters = {
+            name: Counter(f"tts_t3_{name.removesuffix('_total')}", description=text, tag_keys=("engine",))
+            for name, text in self.COUNTERS.items()
+        }
+        self._last: dict[str, int] = {}
+
+    def publish(self, snapshot: Mapping[str, int]) -> None:
+        for name, gauge in self._gauges.items():
+            gauge.set(snapshot.get(name, 0), tags=self._tags)
+        for name, counter in self._counters.items():
+            delta = snapshot.get(name, 0) - self._last.get(name, 0)
+            if delta > 0:
+                counter.inc(delta, tags=self._tags)
+            self._last[name] = snapshot.get(name, 0)
+
+    def publish_forever(self, snapshot: Callable[[], Mapping[str, int]], period_sec: float) -> None:
+        while True:
+            try:
+                self.publish(snapshot())
+            except Exception:  # metrics must never take the replica down
+                logging.getLogger("ray.serve").exception("publishing T3 batch metrics failed")
+            time.sleep(period_sec)

@@ -87,6 +87,21 @@ class DeploymentSpec(_Section):
         )
 
 
+class BatchingConfig(_Section):
+    """T3's engine loop per TTS replica (pipeline.engines.t3_scheduler); changeable at runtime
+    through the TTS deployment's user_config."""
+
+    max_batch_size: int = Field(
+        8, ge=1, description="Requests (chunks) decoded together; each is 2 rows (CFG)."
+    )
+    max_batch_tokens: int = Field(
+        16_384,
+        ge=1,
+        description="Key/value positions the running requests may hold at most (prompt + token cap "
+        "each): what bounds the cache memory. Full-size T3 keeps 480 KB per position in float32.",
+    )
+
+
 class ChatterboxConfig(_Section):
     checkpoint_dir: str | None = Field(
         None, description="Local dir with ve/t3_cfg/s3gen safetensors, tokenizer.json, conds.pt."
@@ -102,6 +117,13 @@ class ChatterboxConfig(_Section):
         2.5,
         gt=0,
         description="Per-chunk cap = len(text) * this + 1 s; random-weight T3 never stops by itself.",
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    row_multiple: int = Field(
+        4,
+        ge=1,
+        description="Pad T3's batch rows to a multiple of this, so a seed gives the same audio alone "
+        "or batched (CPU matrix kernels round rows differently otherwise); 1 turns padding off.",
     )
 
 
@@ -242,7 +264,7 @@ class AppSettings(_Section):
         default_factory=lambda: DeploymentSpec(num_cpus=0.05, max_ongoing_requests=64)
     )
     tts: DeploymentSpec = Field(
-        default_factory=lambda: DeploymentSpec(num_cpus=1.0, num_gpus=0.5, max_ongoing_requests=8)
+        default_factory=lambda: DeploymentSpec(num_cpus=1.0, num_gpus=0.5, max_ongoing_requests=16)
     )
     vc: DeploymentSpec = Field(
         default_factory=lambda: DeploymentSpec(num_cpus=1.0, num_gpus=0.25, max_ongoing_requests=8)

@@ -11,6 +11,7 @@ Importing this module is cheap; torch and chatterbox (~18 s) load in :meth:`Chat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -24,10 +25,13 @@ from pipeline.devices import DeviceView, Placement, place
 from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
 from pipeline.engines.chatterbox_cache import ConditioningCache
 from pipeline.engines.chatterbox_loading import find_checkpoint, resolve_checkpoint
+from pipeline.engines.t3_scheduler import BatchLimits, DecodeJob, T3Scheduler
 from pipeline.errors import EngineUnavailable, GenerationFailed, InvalidRequest, UnsupportedCapability
 
 if TYPE_CHECKING:
+
     from pipeline.engines.chatterbox_model import ChatterboxModel, SpeakerConditioning
+    from pipeline.engines.t3_batching import SpeechTokens
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,11 @@ class ChatterboxSettings:
     conditioning_cache_size: int = 32
     max_new_tokens_cap: int = 1000
     speech_tokens_per_char: float = DEFAULT_SPEECH_TOKENS_PER_CHAR
+    # T3's engine loop (pipeline.engines.t3_scheduler): requests and key/value positions decoded
+    # at once; row_multiple pads the batch's rows so a seed gives the same tokens alone or batched.
+    max_batch_size: int = 8
+    max_batch_tokens: int = 16_384
+    row_multiple: int = 4
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -80,6 +89,9 @@ class ChatterboxSettings:
             raise ValueError("max_new_tokens_cap and speech_tokens_per_char must be positive")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be positive; got {self.cpu_threads}")
+        if self.row_multiple < 1:
+            raise ValueError(f"row_multiple must be positive; got {self.row_multiple}")
+        BatchLimits(self.max_batch_size, self.max_batch_tokens)  # raises on non-positive limits
 
 
 def chatterbox_weights_available(settings: ChatterboxSettings) -> str | None:
@@ -93,8 +105,22 @@ def speech_token_cap(text: str, tokens_per_char: float, max_tokens: int) -> int:
     return min(math.ceil(len(text) * tokens_per_char) + SPEECH_TOKEN_MARGIN, max_tokens)
 
 
+@dataclass
+class _Prepared:
+    """A request checked and conditioned, with its T3 job ready to submit."""
+
+    text: str
+    job: DecodeJob
+    conditioning: SpeakerConditioning
+    cache_hit: bool
+    exaggeration: float
+    started: float
+    conditioned: float
+
+
 class ChatterboxEngine:
-    """Thread-safe: the model is only read after loading; the conditioning cache has its own lock.
+    """Thread-safe: the model is only read after loading, T3 runs in the replica's one engine loop
+    (:class:`T3Scheduler`, batching every request's decode steps), S3Gen in the caller's thread.
 
     Build it with :meth:`load`.
     """
@@ -105,6 +131,7 @@ class ChatterboxEngine:
         settings: ChatterboxSettings,
         watermarker: Any | None,
         info: EngineInfo,
+        scheduler: T3Scheduler,
     ) -> None:
         self._model = model
         self._settings = settings
@@ -112,6 +139,7 @@ class ChatterboxEngine:
         self._conditionings: ConditioningCache[SpeakerConditioning] = ConditioningCache(
             settings.conditioning_cache_size
         )
+        self._scheduler = scheduler
         self.info = info
 
     @property
@@ -131,6 +159,7 @@ class ChatterboxEngine:
             placement = prepare_torch(settings)
             device = torch.device(placement.device)
             from pipeline.engines.chatterbox_model import ChatterboxModel
+            from pipeline.engines.t3_batching import BatchedT3
 
             t3_dtype = getattr(torch, settings.dtype)
             if t3_dtype != torch.float32 and device.type != "cuda":
@@ -166,17 +195,44 @@ class ChatterboxEngine:
                 "conditioning_cache_size": settings.conditioning_cache_size,
                 "gpu_memory_fraction": placement.gpu_memory_fraction,
                 "seeded": True,
+                "batched": True,
             },
+        )
+        scheduler = T3Scheduler(
+            BatchedT3(model.t3, settings.row_multiple),
+            BatchLimits(settings.max_batch_size, settings.max_batch_tokens),
         )
         logger.info(
             "Chatterbox loaded from %s on %s in %.1f s", directory, device, time.perf_counter() - started
         )
-        return cls(model, settings, watermarker, info)
+        return cls(model, settings, watermarker, info, scheduler)
+
+    @property
+    def scheduler(self) -> T3Scheduler:
+        """The replica's T3 engine loop (its limits change at runtime; its snapshot shows its state)."""
+        return self._scheduler
 
     def synthesize(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> AudioClip:
-        import torch
+        prepared = self._prepare(text, voice, params)
+        future = self._scheduler.submit(prepared.job)
+        try:
+            speech = future.result()
+        except BaseException:
+            future.cancel()  # an interrupted caller frees its rows at the loop's next step
+            raise
+        return self._render(prepared, speech)
 
-        from pipeline.engines.chatterbox_decoding import render_waveform, sample_speech_tokens
+    async def synthesize_async(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> AudioClip:
+        """:meth:`synthesize` for an event loop: cancelling the awaiting task (a client gone, a
+        sibling chunk failed) cancels the T3 job, which leaves the batch at the next decode step."""
+        prepared = await asyncio.to_thread(self._prepare, text, voice, params)
+        # wrap_future cancels the job's future when the awaiting task is cancelled.
+        speech = await asyncio.wrap_future(self._scheduler.submit(prepared.job))
+        return await asyncio.to_thread(self._render, prepared, speech)
+
+    def _prepare(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> _Prepared:
+        """Every check before any model work, then the voice's conditioning and the T3 job."""
+        import torch
 
         if not text.strip():
             raise InvalidRequest("the text to synthesise is empty", param="text")
@@ -195,42 +251,48 @@ class ChatterboxEngine:
             )
         started = time.perf_counter()
         conditioning, cache_hit = self._conditioning(voice)
-        conditioned = time.perf_counter()
         token_cap = speech_token_cap(
             text, self._settings.speech_tokens_per_char, self._settings.max_new_tokens_cap
         )
         exaggeration = min(params.exaggeration, MAX_EXAGGERATION)
         # One generator per request, drawn from in a fixed order (T3, then S3Gen): the seed alone
-        # decides the audio, whatever else runs in the process.
+        # decides the audio, whatever else runs in the process or shares the batch.
         generator = torch.Generator(device=model.device).manual_seed(params.seed)
-        speech = sample_speech_tokens(
-            model.t3, conditioning.for_request(exaggeration), text_tokens, params, token_cap, generator
-        )
+        job = DecodeJob(conditioning.for_request(exaggeration), text_tokens, params, token_cap, generator)
+        return _Prepared(text, job, conditioning, cache_hit, exaggeration, started, time.perf_counter())
+
+    def _render(self, prepared: _Prepared, speech: SpeechTokens) -> AudioClip:
+        from pipeline.engines.chatterbox_decoding import render_waveform
+
+        job = prepared.job
         sampled = time.perf_counter()
         if speech.tokens.size(1) == 0:
             raise GenerationFailed(
-                f"Chatterbox produced no speech for {text[:60]!r} (seed {params.seed}: "
+                f"Chatterbox produced no speech for {prepared.text[:60]!r} (seed {job.params.seed}: "
                 f"{speech.sampled} tokens, stopped by {speech.stop_reason})"
             )
-        samples = render_waveform(model.s3gen, speech.tokens, conditioning.s3gen_reference, generator)
-        if not params.disable_watermark:
+        samples = render_waveform(
+            self._model.s3gen, speech.tokens, prepared.conditioning.s3gen_reference, job.generator
+        )
+        if not job.params.disable_watermark:
             samples = apply_watermark(self._watermarker, samples, SAMPLE_RATE)
         finished = time.perf_counter()
         return AudioClip(
             samples,
             SAMPLE_RATE,
-            text=text,
+            text=prepared.text,
             metadata={
-                "seed": params.seed,
+                "seed": job.params.seed,
                 "speech_tokens": speech.tokens.size(1),
                 "sampled_speech_tokens": speech.sampled,
-                "speech_token_cap": token_cap,
+                "speech_token_cap": job.max_new_tokens,
                 "stop_reason": speech.stop_reason,
-                "conditioning_cache_hit": cache_hit,
-                "exaggeration": exaggeration,
-                "watermarked": not params.disable_watermark,
-                "conditioning_sec": conditioned - started,
-                "sampling_sec": sampled - conditioned,
+                "conditioning_cache_hit": prepared.cache_hit,
+                "exaggeration": prepared.exaggeration,
+                "watermarked": not job.params.disable_watermark,
+                "conditioning_sec": prepared.conditioned - prepared.started,
+                # From submission to the last token: queueing for the batch included.
+                "sampling_sec": sampled - prepared.conditioned,
                 "rendering_sec": finished - sampled,
             },
         )

@@ -87,6 +87,9 @@ def _chatterbox_settings(settings: AppSettings, cpu_threads: int) -> ChatterboxS
         conditioning_cache_size=config.conditioning_cache_size,
         max_new_tokens_cap=config.max_new_tokens,
         speech_tokens_per_char=config.speech_tokens_per_char,
+        max_batch_size=config.batching.max_batch_size,
+        max_batch_tokens=config.batching.max_batch_tokens,
+        row_multiple=config.row_multiple,
     )
     # Only the hub path can download; a configured checkpoint_dir fails in load() naming what is missing.
     if config.checkpoint_dir is None and chatterbox_weights_available(engine_settings) is None:

@@ -422,20 +422,12 @@ def test_checkpoint_without_builtin_voice_asks_for_a_reference(
 def test_token_loop_samples_what_upstream_t3_inference_samples(
     engine: ChatterboxEngine, params: SynthesisParams
 ) -> None:
+    """The batched engine loop, given one request, draws upstream's tokens (its rows padded to 4)."""
     import torch
-
-    from pipeline.engines.chatterbox_decoding import sample_speech_tokens
 
     model = engine.model
     text_tokens = model.text_tokens("Hello there.")
-    ours = sample_speech_tokens(
-        model.t3,
-        model.builtin_voice.for_request(0.7),
-        text_tokens,
-        params,
-        TOKEN_CAP,
-        torch.Generator().manual_seed(params.seed),
-    )
+    ours = _decode_alone(engine, model.builtin_voice.for_request(0.7), text_tokens, params)
     torch.manual_seed(params.seed)
     upstream = model.t3.inference(
         t3_cond=model.builtin_voice.for_request(0.7),
@@ -453,26 +445,25 @@ def test_token_loop_samples_what_upstream_t3_inference_samples(
 
 
 @pytest.mark.slow
-def test_token_loop_without_cfg_runs_the_conditional_sequence_alone(engine: ChatterboxEngine) -> None:
-    import torch
-
-    from pipeline.engines.chatterbox_decoding import sample_speech_tokens
-
+def test_token_loop_without_cfg_is_seeded_too(engine: ChatterboxEngine) -> None:
+    """With cfg_weight 0 (upstream's loop crashes there) the unconditional row contributes nothing."""
     model = engine.model
     params = SynthesisParams(seed=3, cfg_weight=0.0)
     runs = [
-        sample_speech_tokens(
-            model.t3,
-            model.builtin_voice.for_request(0.5),
-            model.text_tokens(TEXT),
-            params,
-            TOKEN_CAP,
-            torch.Generator().manual_seed(3),
-        )
+        _decode_alone(engine, model.builtin_voice.for_request(0.5), model.text_tokens(TEXT), params)
         for _ in range(2)
     ]
     assert runs[0].sampled == TOKEN_CAP
-    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert runs[0].tokens.equal(runs[1].tokens)
+
+
+def _decode_alone(engine: ChatterboxEngine, t3_cond, text_tokens, params: SynthesisParams):
+    import torch
+
+    from pipeline.engines.t3_scheduler import DecodeJob
+
+    generator = torch.Generator().manual_seed(params.seed)
+    return engine.scheduler.submit(DecodeJob(t3_cond, text_tokens, params, TOKEN_CAP, generator)).result()
 
 
 @pytest.mark.slow

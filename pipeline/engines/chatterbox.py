@@ -287,6 +287,7 @@ class ChatterboxEngine:
                 "sampled_speech_tokens": speech.sampled,
                 "speech_token_cap": job.max_new_tokens,
                 "stop_reason": speech.stop_reason,
+                "t3_peak_batch": speech.peak_batch,
                 "conditioning_cache_hit": prepared.cache_hit,
                 "exaggeration": prepared.exaggeration,
                 "watermarked": not job.params.disable_watermark,

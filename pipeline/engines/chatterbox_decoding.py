@@ -173,8 +173,42 @@ def _source_excitation(
 ) -> torch.Tensor:
     """``SourceModuleHnNSF.forward`` + ``SineGen.forward``, drawing the harmonics' random phases and
     the additive noise from ``generator`` (upstream: torch.distributions.Uniform and randn_like on the
-    global RNG). No upstream hook accepts this noise from outside, hence the copy; its unused
-    noise-branch output is left out. Written for upstream 0.1.7 (the version pyproject pins).
+    global RNG)."""
+    phase, noise = draw_source_noise(
+        source, f0_upsampled.size(0), f0_upsampled.size(1), generator, f0_upsampled.device
+    )
+    return source_excitation(source, f0_upsampled, phase, noise)
+
+
+def draw_source_noise(
+    source: SourceModuleHnNSF, batch: int, samples: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source excitation's random numbers in upstream's order: a phase per harmonic, then
+    additive noise per harmonic and sample. Apart so that streaming can draw them once, up front."""
+    harmonics = source.l_sin_gen.harmonic_num + 1
+    # Uniform(-pi, pi).sample() computes low + rand * (high - low) in float32.
+    low, high = torch.tensor(-np.pi, device=device), torch.tensor(np.pi, device=device)
+    phase = low + torch.rand((batch, harmonics, 1), generator=generator, device=device) * (high - low)
+    phase[:, 0, :] = 0
+    noise = torch.randn((batch, harmonics, samples), generator=generator, device=device)
+    return phase, noise
+
+
+def source_excitation(
+    source: SourceModuleHnNSF,
+    f0_upsampled: torch.Tensor,
+    phase: torch.Tensor,
+    noise: torch.Tensor,
+    start_cycles: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Upstream's excitation for ``f0_upsampled`` (B, samples, 1) from :func:`draw_source_noise`'s numbers.
+
+    No upstream hook accepts this noise from outside, hence the copy; its unused noise-branch output
+    is left out. Written for upstream 0.1.7 (the version pyproject pins).
+
+    ``start_cycles`` (B, harmonics, 1) are the harmonics' cycles (mod 1) before the first sample:
+    upstream's sines run on the cumulative sum of f0 from the start of the signal, so a window that
+    starts later continues their phase from there instead of restarting it.
     """
     sine_gen = source.l_sin_gen
     f0 = f0_upsampled.transpose(1, 2)  # (B, 1, samples)
@@ -182,16 +216,12 @@ def _source_excitation(
     frequencies = torch.zeros((batch, harmonics, samples), device=f0.device)
     for harmonic in range(harmonics):
         frequencies[:, harmonic : harmonic + 1, :] = f0 * (harmonic + 1) / sine_gen.sampling_rate
-    theta = 2 * np.pi * (torch.cumsum(frequencies, dim=-1) % 1)
-    # Uniform(-pi, pi).sample() computes low + rand * (high - low) in float32.
-    low, high = torch.tensor(-np.pi, device=f0.device), torch.tensor(np.pi, device=f0.device)
-    phase = low + torch.rand((batch, harmonics, 1), generator=generator, device=f0.device) * (high - low)
-    phase[:, 0, :] = 0
+    cycles = torch.cumsum(frequencies, dim=-1)
+    if start_cycles is not None:
+        cycles = cycles + start_cycles
+    theta = 2 * np.pi * (cycles % 1)
     sine_waves = sine_gen.sine_amp * torch.sin(theta + phase)
     voiced = sine_gen._f02uv(f0)
     noise_amp = voiced * sine_gen.noise_std + (1 - voiced) * sine_gen.sine_amp / 3
-    noise = noise_amp * torch.randn(
-        sine_waves.shape, generator=generator, device=f0.device, dtype=sine_waves.dtype
-    )
-    sine_waves = sine_waves * voiced + noise
+    sine_waves = sine_waves * voiced + noise_amp * noise
     return source.l_tanh(source.l_linear(sine_waves.transpose(1, 2)))

@@ -47,6 +47,7 @@ class SpeechTokens:
     tokens: torch.Tensor  # (1, n) long, every id < SPEECH_VOCAB_SIZE
     sampled: int  # tokens drawn before the stop token or the cap, invalid ids included
     stop_reason: str  # "eos" | "token_cap"
+    peak_batch: int = 1  # the most requests its decode steps shared a forward pass with (itself included)
 
 
 class RequestCache:
@@ -97,6 +98,7 @@ class DecodeState:
     seen: torch.Tensor  # (1, vocab) bool: tokens the repetition penalty punishes (start token too)
     logits: torch.Tensor | None = None  # (2, vocab): the next step's, from the last forward
     sampled: list[int] | None = None
+    peak_batch: int = 1
 
     def __post_init__(self) -> None:
         self.sampled = []
@@ -135,7 +137,12 @@ class BatchedT3:
         spoken = sampled[:-1] if stopped else sampled
         valid = [token for token in spoken if token < SPEECH_VOCAB_SIZE]
         tokens = torch.tensor(valid, dtype=torch.long, device=self.device).reshape(1, len(valid))
-        return SpeechTokens(tokens=tokens, sampled=len(spoken), stop_reason="eos" if stopped else "token_cap")
+        return SpeechTokens(
+            tokens=tokens,
+            sampled=len(spoken),
+            stop_reason="eos" if stopped else "token_cap",
+            peak_batch=state.peak_batch,
+        )
 
     @torch.inference_mode()
     def prefill(
@@ -174,6 +181,8 @@ class BatchedT3:
     @torch.inference_mode()
     def sample(self, states: Sequence[DecodeState]) -> list[int]:
         """Each request's next token from its pending logits (upstream's processors, per row)."""
+        for state in states:
+            state.peak_batch = max(state.peak_batch, len(states))
         logits = torch.stack([s.logits for s in states])  # (B, 2, vocab)
         cond, uncond = logits[:, 0, :], logits[:, 1, :]
         column = _per_row(states, self.device)

@@ -171,14 +171,11 @@ class T3Scheduler:
 
     def _decode_one_step(self) -> None:
         """Drop cancelled rows, sample every row, let finished rows leave, run the rest one step."""
-        running = []
-        for job, state in self._running:
-            if job.future.cancelled():
-                self._counts["cancelled_running"] += 1
-            else:
-                running.append((job, state))
+        with self._wakeup:  # one update, so a snapshot never counts a row both gone and running
+            running = [(job, state) for job, state in self._running if not job.future.cancelled()]
+            self._counts["cancelled_running"] += len(self._running) - len(running)
+            self._running = running
         if not running:
-            self._set_running([])
             return
         self._peak_batch = max(self._peak_batch, len(running))
         tokens = self._decoder.sample([state for _, state in running])
@@ -188,14 +185,15 @@ class T3Scheduler:
                 job.listener(token)
             if token == self._stop_token or state.steps >= job.max_new_tokens:
                 _resolve(job, self._decoder.result(state))
-                self._counts["finished"] += 1
             else:
                 going_on.append((job, state))
+        with self._wakeup:
+            self._counts["finished"] += len(running) - len(going_on)
+            self._running = going_on
         if going_on:
             self._decoder.step([state for _, state in going_on])
-        self._counts["steps"] += 1
-        self._counts["rows_stepped"] += len(going_on)
-        self._set_running(going_on)
+        with self._wakeup:
+            self._counts["steps"] += 1
 
     def _set_running(self, running: list[tuple[DecodeJob, DecodeState]]) -> None:
         with self._wakeup:

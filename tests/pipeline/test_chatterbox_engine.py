@@ -324,16 +324,20 @@ def test_a_voice_is_conditioned_once_then_served_from_the_cache(
 def test_concurrent_requests_get_exactly_the_audio_each_gets_alone(
     engine: ChatterboxEngine, voices: dict[str, VoiceRef]
 ) -> None:
+    """Concurrent requests share T3's batch (t3_peak_batch) and still get their own audio exactly."""
     jobs = [(voice, seed) for voice in voices.values() for seed in (11, 12)]
-    alone = [engine.synthesize(TEXT, voice, SynthesisParams(seed=seed)).samples for voice, seed in jobs]
+    alone = [engine.synthesize(TEXT, voice, SynthesisParams(seed=seed)) for voice, seed in jobs]
     with ThreadPoolExecutor(len(jobs)) as pool:
         together = list(
-            pool.map(lambda job: engine.synthesize(TEXT, job[0], SynthesisParams(seed=job[1])).samples, jobs)
+            pool.map(lambda job: engine.synthesize(TEXT, job[0], SynthesisParams(seed=job[1])), jobs)
         )
+    assert {clip.metadata["t3_peak_batch"] for clip in alone} == {1}
+    assert max(clip.metadata["t3_peak_batch"] for clip in together) >= 2
     for solo, concurrent in zip(alone, together, strict=True):
-        np.testing.assert_array_equal(concurrent, solo)
+        np.testing.assert_array_equal(concurrent.samples, solo.samples)
     # The voice matters: same seed, other voice, other audio.
-    assert alone[0].shape != alone[2].shape or not np.array_equal(alone[0], alone[2])
+    first, third = alone[0].samples, alone[2].samples
+    assert first.shape != third.shape or not np.array_equal(first, third)
 
 
 @pytest.mark.slow

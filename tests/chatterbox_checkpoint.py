@@ -27,20 +27,23 @@ REFERENCE_FILE = "reference.wav"
 SPECIAL_TOKENS = ("[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]")
 
 
-def two_layer_backbone() -> T3Backbone:
-    """Upstream's Llama_520M with 2 layers instead of 30, under its own name."""
+def reduced_backbone(layers: int = T3_TEST_LAYERS) -> T3Backbone:
+    """Upstream's Llama_520M with ``layers`` layers instead of 30, under its own name."""
     from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
 
     config = dict(LLAMA_CONFIGS["Llama_520M"])
-    config["num_hidden_layers"] = T3_TEST_LAYERS
-    return T3Backbone(name=f"Llama_test_{T3_TEST_LAYERS}L", llama_config=config)
+    config["num_hidden_layers"] = layers
+    return T3Backbone(name=f"Llama_test_{layers}L", llama_config=config)
 
 
-def write_random_checkpoint(directory: Path, reference_audio: AudioClip | None = None) -> Path:
+def write_random_checkpoint(
+    directory: Path, reference_audio: AudioClip | None = None, t3_layers: int = T3_TEST_LAYERS
+) -> Path:
     """Write ve/t3_cfg/s3gen safetensors, tokenizer.json, conds.pt and the T3 sidecar into ``directory``.
 
     ``conds.pt`` (the built-in voice) is made by upstream's own ``prepare_conditionals`` from
     ``reference_audio`` (saved as :data:`REFERENCE_FILE`), by default a Piper-spoken sentence.
+    ``t3_layers`` 30 gives T3 its full size (benchmarks: speed depends on shapes, not weights).
     """
     import soundfile
     import torch
@@ -54,7 +57,7 @@ def write_random_checkpoint(directory: Path, reference_audio: AudioClip | None =
     from pipeline.engines.chatterbox_model import register_t3_backbone
 
     directory.mkdir(parents=True, exist_ok=True)
-    backbone = two_layer_backbone()
+    backbone = reduced_backbone(t3_layers)
     register_t3_backbone(backbone)
     (directory / T3_BACKBONE_FILE).write_text(backbone.to_json())
     hp = T3Config.english_only()

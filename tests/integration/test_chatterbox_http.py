@@ -97,14 +97,62 @@ def test_same_seed_gives_identical_audio_and_another_seed_does_not(cbx, voices):
     assert first != other
 
 
-def test_four_concurrent_requests_with_different_voices_match_each_alone(cbx, voices):
+def test_four_concurrent_requests_share_one_t3_batch_and_match_each_alone(cbx, voices):
+    """Batched decoding keeps every request's own voice and seed: byte-identical files."""
     requests = [(voices[0], 21), (voices[1], 21), (voices[0], 22), (voices[1], 22)]
-    alone = [speak(cbx, "Hello you.", voice, seed).content for voice, seed in requests]
-    assert len(set(alone)) == 4, "voices and seeds should all sound different"
+
+    def speak_and_fetch(request) -> tuple[bytes, int]:
+        report = speak(cbx, "Hello you.", *request, response_mode="url").json()
+        audio = cbx.get(report["output_files"][0]["url"].removeprefix("/cbx")).content
+        return audio, report["chunks"][0]["engine_metadata"]["t3_peak_batch"]
+
+    alone = [speak_and_fetch(request) for request in requests]
+    assert len({audio for audio, _ in alone}) == 4, "voices and seeds should all sound different"
+    assert {batch for _, batch in alone} == {1}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(pool.map(lambda request: speak(cbx, "Hello you.", *request).content, requests))
-    for (voice, seed), solo, concurrent in zip(requests, alone, together, strict=True):
-        assert solo == concurrent, f"{voice} seed {seed} changed under concurrency"
+        together = list(pool.map(speak_and_fetch, requests))
+    assert max(batch for _, batch in together) >= 2, "concurrent requests were not batched"
+    for (voice, seed), (solo, _), (concurrent, _) in zip(requests, alone, together, strict=True):
+        assert solo == concurrent, f"{voice} seed {seed} changed in a batch"
+
+
+def test_a_client_that_goes_away_frees_its_rows_in_the_t3_batch(cbx, chatterbox_app):
+    """The TTS replica's engine loop drops a disconnected request's chunks at the next decode step.
+
+    Observed in the loop's own counters (the TTS deployment's ``batching``), not by timing.
+    """
+    import asyncio
+
+    from ray import serve
+
+    tts = serve.get_deployment_handle("TTS", app_name="chatterbox-random")
+    text = " ".join(f"Sentence number {n} goes here." for n in range(12))
+
+    async def disconnect_mid_decode() -> tuple[dict, dict]:
+        before = await tts.batching.remote()
+        async with httpx.AsyncClient(base_url=chatterbox_app, timeout=600) as client:
+            request = asyncio.ensure_future(client.post("/api/v1/tts", json={"text": text, **FAST}))
+            for _ in range(1200):
+                if (await tts.batching.remote())["running_requests"] > 0:
+                    break
+                await asyncio.sleep(0.05)
+            request.cancel()  # closes the connection: the client has gone
+        for _ in range(600):
+            after = await tts.batching.remote()
+            if cancelled(after) > cancelled(before) and after["running_requests"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        return before, after
+
+    def cancelled(state: dict) -> int:
+        return state.get("cancelled_running_total", 0) + state.get("cancelled_queued_total", 0)
+
+    before, after = asyncio.run(disconnect_mid_decode())
+    assert cancelled(after) > cancelled(before), after
+    assert after["running_requests"] == 0 and after["queued_requests"] == 0
+    # Twelve chunks were asked for; the ones dropped were never finished.
+    assert after["finished_total"] - before["finished_total"] < 12
+    assert speak(cbx, "Still here.", None, seed=1).status_code == 200
 
 
 def test_conditioning_cache_hit_skips_the_conditioning_work(cbx, data_dirs):

@@ -213,11 +213,11 @@ def test_upstream_from_local_loads_the_random_checkpoint(chatterbox_checkpoint: 
     from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
     from chatterbox.tts import ChatterboxTTS
 
-    from tests.chatterbox_checkpoint import two_layer_backbone
+    from tests.chatterbox_checkpoint import reduced_backbone
 
     # from_local always builds upstream's default backbone; give it this checkpoint's depth.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(LLAMA_CONFIGS, "Llama_520M", two_layer_backbone().llama_config)
+        patch.setitem(LLAMA_CONFIGS, "Llama_520M", reduced_backbone().llama_config)
         tts = ChatterboxTTS.from_local(chatterbox_checkpoint, "cpu")
     assert tts.t3.cfg.num_hidden_layers == 2
     assert tts.conds is not None

@@ -22,7 +22,7 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -157,51 +157,88 @@ class StageCalls:
                 return Fate.REPLICA_DIED
             await asyncio.sleep(POLL_INTERVAL_SEC)
 
+    def stream(self, handle: DeploymentHandle, method: str) -> Callable[..., AsyncIterator[Any]]:
+        """A streaming stage call: retried like :meth:`__call__` until its first item arrives;
+        after that a lost replica ends the stream with the error (what was sent cannot be unsent)."""
+
+        async def items(*args: Any) -> AsyncIterator[Any]:
+            stage, tries = f"{handle.deployment_name}.{method}", _Tries()
+            while True:
+                started = False
+                try:
+                    async for item in getattr(handle.options(stream=True), method).remote(*args):
+                        started = True
+                        yield item
+                    return
+                except BackPressureError as error:
+                    raise self._overloaded(handle) from error
+                except (ActorDiedError, ActorUnavailableError) as error:
+                    if started:
+                        raise ReplicaCrashed(f"{stage} lost its replica mid-stream: {error}") from error
+                    await self._recover(handle, stage, error, tries)
+
+        return items
+
+    def _overloaded(self, handle: DeploymentHandle) -> Overloaded:
+        return Overloaded(
+            f"{handle.deployment_name} is at capacity; retry in {self._retry_after_sec} s",
+            retry_after_sec=self._retry_after_sec,
+        )
+
     async def _call(self, handle: DeploymentHandle, method: str, args: tuple[Any, ...]) -> Any:
-        stage = f"{handle.deployment_name}.{method}"
-        node_losses = crashes = 0
+        stage, tries = f"{handle.deployment_name}.{method}", _Tries()
         while True:
             try:
                 return await getattr(handle, method).remote(*args)
             except BackPressureError as error:
-                raise Overloaded(
-                    f"{handle.deployment_name} is at capacity; retry in {self._retry_after_sec} s",
-                    retry_after_sec=self._retry_after_sec,
-                ) from error
+                raise self._overloaded(handle) from error
             except (ActorDiedError, ActorUnavailableError) as error:
-                lost = error
-                fate = await replica_fate(error, self._cluster, self._policy.unavailable_wait_sec)
-            if fate is Fate.REPLICA_DIED and crashes >= self._policy.replica_crash_retries:
-                # Out of crash retries: before blaming the input, give the cluster time to notice
-                # a node loss. Its replicas' processes die at once, the node's death is declared
-                # seconds later (measured here: every call lost with a removed worker first
-                # looked like a crash).
-                fate = await self._confirm(lost)
-            if fate is Fate.NODE_DIED and node_losses < self._policy.node_loss_retries:
-                node_losses += 1
-                attempt = node_losses
-            elif fate is Fate.REPLICA_DIED and crashes < self._policy.replica_crash_retries:
-                crashes += 1
-                attempt = crashes
-            elif fate is Fate.REPLICA_DIED:
-                raise ReplicaCrashed(
-                    f"{stage} killed its replica {crashes + 1} times (the node stayed up); "
-                    "the input may be what crashes it, so it was not tried again"
-                )
-            elif fate is Fate.NODE_DIED:
-                raise Overloaded(
-                    f"{stage} lost its replica to {node_losses + 1} node failures; retry in "
-                    f"{self._retry_after_sec} s",
-                    retry_after_sec=self._retry_after_sec,
-                )
-            else:
-                raise Overloaded(
-                    f"a {handle.deployment_name} replica became unreachable and {fate.value}; "
-                    f"the call was not repeated; retry in {self._retry_after_sec} s",
-                    retry_after_sec=self._retry_after_sec,
-                )
-            logger.warning("%s: its replica %s; retrying (%d)", stage, fate.value, attempt)
-            self.retries[RETRY_CAUSES[fate]] += 1
-            if self._on_retry is not None:
-                self._on_retry(stage, RETRY_CAUSES[fate])
-            await asyncio.sleep(self._policy.backoff_sec * attempt)
+                await self._recover(handle, stage, error, tries)
+
+    async def _recover(
+        self, handle: DeploymentHandle, stage: str, lost: RayActorError, tries: _Tries
+    ) -> None:
+        """Return (after a backoff) if the lost call may be sent again; else raise why not."""
+        fate = await replica_fate(lost, self._cluster, self._policy.unavailable_wait_sec)
+        if fate is Fate.REPLICA_DIED and tries.crashes >= self._policy.replica_crash_retries:
+            # Out of crash retries: before blaming the input, give the cluster time to notice
+            # a node loss. Its replicas' processes die at once, the node's death is declared
+            # seconds later (measured here: every call lost with a removed worker first
+            # looked like a crash).
+            fate = await self._confirm(lost)
+        if fate is Fate.NODE_DIED and tries.node_losses < self._policy.node_loss_retries:
+            tries.node_losses += 1
+            attempt = tries.node_losses
+        elif fate is Fate.REPLICA_DIED and tries.crashes < self._policy.replica_crash_retries:
+            tries.crashes += 1
+            attempt = tries.crashes
+        elif fate is Fate.REPLICA_DIED:
+            raise ReplicaCrashed(
+                f"{stage} killed its replica {tries.crashes + 1} times (the node stayed up); "
+                "the input may be what crashes it, so it was not tried again"
+            )
+        elif fate is Fate.NODE_DIED:
+            raise Overloaded(
+                f"{stage} lost its replica to {tries.node_losses + 1} node failures; retry in "
+                f"{self._retry_after_sec} s",
+                retry_after_sec=self._retry_after_sec,
+            )
+        else:
+            raise Overloaded(
+                f"a {handle.deployment_name} replica became unreachable and {fate.value}; "
+                f"the call was not repeated; retry in {self._retry_after_sec} s",
+                retry_after_sec=self._retry_after_sec,
+            )
+        logger.warning("%s: its replica %s; retrying (%d)", stage, fate.value, attempt)
+        self.retries[RETRY_CAUSES[fate]] += 1
+        if self._on_retry is not None:
+            self._on_retry(stage, RETRY_CAUSES[fate])
+        await asyncio.sleep(self._policy.backoff_sec * attempt)
+
+
+@dataclass
+class _Tries:
+    """Retries one call has used, by cause."""
+
+    node_losses: int = 0
+    crashes: int = 0

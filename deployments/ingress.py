@@ -83,7 +83,8 @@ def _result_headers(result: SpeechResult) -> dict[str, str]:
     }
 
 
-StreamedChunk = tuple[ChunkOutcome, AudioClip]
+# A chunk, or a block of one (incremental jobs): the outcome comes with a chunk's last block only.
+StreamedChunk = tuple[ChunkOutcome | None, AudioClip]
 StreamDone = Callable[[list[ChunkOutcome], float], None]
 
 
@@ -91,11 +92,12 @@ async def _encoded_chunks(
     first: StreamedChunk, rest: AsyncIterator[StreamedChunk], fmt: str, on_done: StreamDone
 ) -> AsyncIterator[bytes]:
     outcome, clip = first
-    outcomes, audio_sec = [outcome], clip.duration_sec
+    outcomes, audio_sec = [outcome] if outcome else [], clip.duration_sec
     encoder = StreamingEncoder(fmt, clip.sample_rate)
     yield encoder.encode(clip)
     async for outcome, clip in rest:
-        outcomes.append(outcome)
+        if outcome is not None:
+            outcomes.append(outcome)
         audio_sec += clip.duration_sec
         yield encoder.encode(clip)
     yield encoder.close()
@@ -226,6 +228,7 @@ class Ingress(LibraryRoutes, VCRoutes):
             synthesize=calls(tts, "synthesize"),
             transcribe=calls(validator, "transcribe"),
             render=calls(postprocess, "render"),
+            synthesize_blocks=calls.stream(tts, "synthesize_stream"),
         )
         self._voices, self._vc_inputs = _libraries(self._settings)
         sources = AudioSources(self._voices, self._vc_inputs, UrlFetcher(self._settings.url_sources))

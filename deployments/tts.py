@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from deployments.fleet import ReplicaIdentity, ReplicaReport
@@ -64,6 +65,26 @@ class TTS:
     def batching(self) -> dict[str, int] | None:
         """The T3 loop's live state and counters (None for an engine that does not batch)."""
         return self._scheduler.snapshot() if self._scheduler is not None else None
+
+    async def synthesize_stream(
+        self, text: str, voice: VoiceRef | None, params: SynthesisParams
+    ) -> AsyncIterator[AudioClip]:
+        """The chunk in blocks as rendered (an engine without incremental audio: one whole clip).
+
+        Each block is produced in a worker thread; a cancelled stream cancels the engine's job,
+        which leaves the T3 batch at its next step.
+        """
+        start = getattr(self._engine, "synthesize_incrementally", None)
+        if start is None:
+            yield await self.synthesize(text, voice, params)
+            return
+        stream = await asyncio.to_thread(start, text, voice, params)
+        blocks = iter(stream)
+        try:
+            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                yield block
+        finally:
+            stream.cancel()
 
     async def synthesize(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> AudioClip:
         synthesize_async = getattr(self._engine, "synthesize_async", None)

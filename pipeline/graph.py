@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 SplitFn = Callable[[str, TextOptions], Awaitable[list[str]]]
 SynthesizeFn = Callable[[str, VoiceRef | None, SynthesisParams], Awaitable[AudioClip]]
+# The chunk's audio in blocks as the engine renders them; the last block carries the chunk's report.
+SynthesizeBlocksFn = Callable[[str, VoiceRef | None, SynthesisParams], AsyncIterator[AudioClip]]
 TranscribeFn = Callable[[AudioClip], Awaitable[str]]
 RenderFn = Callable[[list[AudioClip], PostProcessOptions, tuple[str, ...]], Awaitable[RenderedAudio]]
 
@@ -55,6 +57,8 @@ class TTSJob:
     formats: tuple[str, ...] = ("wav",)
     # TTS calls (chunks x candidates) this request keeps in flight: its fair share of the TTS slots.
     max_syntheses_in_flight: int | None = None
+    # Stream each chunk's audio in blocks as the engine renders them (TTSPipeline.stream).
+    incremental: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,12 @@ class PipelineResult:
     chunks: list[ChunkOutcome]
 
 
+def is_final_block(clip: AudioClip) -> bool:
+    """Whether a streamed block is its chunk's last, the one with the chunk's report (a whole
+    chunk, from an engine that does not render in blocks, is its own last block)."""
+    return bool(clip.metadata.get("final_block", True))
+
+
 def candidate_seed(base_seed: int, round_index: int, candidate_index: int, num_candidates: int) -> int:
     """Candidate 0 of round 0 uses the request's seed, as the reference does; the rest derive from it."""
     offset = round_index * num_candidates + candidate_index
@@ -88,12 +98,18 @@ def candidate_seed(base_seed: int, round_index: int, candidate_index: int, num_c
 
 class TTSPipeline:
     def __init__(
-        self, split: SplitFn, synthesize: SynthesizeFn, transcribe: TranscribeFn, render: RenderFn
+        self,
+        split: SplitFn,
+        synthesize: SynthesizeFn,
+        transcribe: TranscribeFn,
+        render: RenderFn,
+        synthesize_blocks: SynthesizeBlocksFn | None = None,
     ) -> None:
         self._split = split
         self._synthesize = synthesize
         self._transcribe = transcribe
         self._render = render
+        self._synthesize_blocks = synthesize_blocks
 
     async def run(self, job: TTSJob) -> PipelineResult:
         """All chunks at once, up to the job's synthesis slots; the first failure cancels the rest.
@@ -110,16 +126,22 @@ class TTSPipeline:
 
     async def stream(
         self, job: TTSJob, max_chunks_in_flight: int | None = None
-    ) -> AsyncIterator[tuple[ChunkOutcome, AudioClip]]:
+    ) -> AsyncIterator[tuple[ChunkOutcome | None, AudioClip]]:
         """Yield each chunk, post-processed on its own, in order, as soon as it and those before are ready.
 
         Chunks start in order, at most ``max_chunks_in_flight`` at a time (None: all at once).
         Measured on 2 CPU cores: with all 4 chunks of a 12-sentence text in flight, the first
         audio came after 95% of the whole time, since every chunk shared the cores to the end.
-        Whole-file steps (trim of the ends, loudness) are applied per chunk here.
+        Whole-file steps (trim of the ends, loudness) are applied per chunk here. An incremental
+        job yields each chunk in blocks as rendered (:meth:`_stream_blocks`); the outcome comes
+        with a chunk's last block and is None with the others.
         """
         chunks = await self._split(job.text, job.text_options)
         chunk_slots = asyncio.Semaphore(max_chunks_in_flight or max(1, len(chunks)))
+        if job.incremental and self._synthesize_blocks is not None:
+            async for item in self._stream_blocks(job, chunks, chunk_slots):
+                yield item
+            return
         synthesis_slots = _synthesis_slots(job)
 
         async def in_slot(index: int, text: str) -> ChunkOutcome:
@@ -133,6 +155,40 @@ class TTSPipeline:
                 rendered = await self._render([outcome.audio], job.post, ())
                 assert rendered.clip is not None, "a render without formats keeps its samples"
                 yield outcome, rendered.clip
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _stream_blocks(
+        self, job: TTSJob, chunks: list[str], chunk_slots: asyncio.Semaphore
+    ) -> AsyncIterator[tuple[ChunkOutcome | None, AudioClip]]:
+        """Each chunk's blocks in order as the engine renders them; a chunk's last block comes
+        with its outcome. Chunks start in order within ``chunk_slots``; each one's blocks wait in
+        its own queue until the chunks before it are out. Only for jobs with nothing to choose or
+        post-process (``TTSJob.incremental``): one candidate, one try, the audio as rendered."""
+        assert self._synthesize_blocks is not None
+        queues: list[asyncio.Queue[AudioClip | BaseException | None]] = [asyncio.Queue() for _ in chunks]
+
+        async def produce(index: int, text: str) -> None:
+            async with chunk_slots:
+                try:
+                    async for block in self._synthesize_blocks(text, job.voice, job.params):
+                        queues[index].put_nowait(block)
+                    queues[index].put_nowait(None)
+                except Exception as error:  # handed to the consumer, which raises it in order
+                    queues[index].put_nowait(error)
+
+        tasks = [asyncio.create_task(produce(index, text)) for index, text in enumerate(chunks)]
+        try:
+            for index, text in enumerate(chunks):
+                while (item := await queues[index].get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    if not is_final_block(item):
+                        yield None, item
+                        continue
+                    chosen = CandidateResult(item, job.params.seed, 0, 0, None, None, None)
+                    yield ChunkOutcome(index, text, chosen, passed=True, attempts=1, fallback=None), item
         finally:
             for task in tasks:
                 task.cancel()

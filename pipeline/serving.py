@@ -147,21 +147,30 @@ class SpeechService:
         speed = defaults.pop("speed_factor", request.speed)
         if "speed" in request.model_fields_set:
             speed = request.speed
+        policy = QualityPolicy(
+            num_candidates=self.defaults.openai_num_candidates,
+            max_attempts=self.defaults.openai_max_attempts,
+            validate=self.defaults.openai_validate,
+            threshold=self.defaults.validation_threshold,
+        )
+        engine = await self._engine_info()
         return TTSJob(
             text=request.input,
             text_options=TextOptions(),
             voice=voice,
             params=SynthesisParams(seed=random_seed(), **defaults),
-            policy=QualityPolicy(
-                num_candidates=self.defaults.openai_num_candidates,
-                max_attempts=self.defaults.openai_max_attempts,
-                validate=self.defaults.openai_validate,
-                threshold=self.defaults.validation_threshold,
-            ),
+            policy=policy,
             # OpenAI's speech endpoint answers at 24 kHz (its pcm format is defined as 24 kHz s16le).
             post=PostProcessOptions(speed_factor=speed, output_sample_rate=OPENAI_SAMPLE_RATE),
             formats=(request.response_format,),
             max_syntheses_in_flight=self.defaults.syntheses_in_flight,
+            # Blocks of a chunk can be streamed as rendered only when nothing needs the whole chunk
+            # first: no transcript to check, no candidate to choose, no speed change or resampling.
+            incremental=bool(engine.details.get("incremental"))
+            and not policy.validate
+            and policy.num_candidates == 1
+            and speed == 1.0
+            and engine.sample_rate == OPENAI_SAMPLE_RATE,
         )
 
     async def run(self, job: TTSJob) -> SpeechResult:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from pipeline.engines.t3_scheduler import BatchLimits, DecodeJob, T3Scheduler
 from pipeline.errors import EngineUnavailable, GenerationFailed, InvalidRequest, UnsupportedCapability
 
 if TYPE_CHECKING:
+    import torch
 
     from pipeline.engines.chatterbox_model import ChatterboxModel, SpeakerConditioning
     from pipeline.engines.t3_batching import SpeechTokens
@@ -79,6 +82,10 @@ class ChatterboxSettings:
     max_batch_size: int = 8
     max_batch_tokens: int = 16_384
     row_multiple: int = 4
+    # Incremental audio (pipeline.engines.chatterbox_streaming): S3Gen renders after this many
+    # speech tokens, then every block_tokens more (25 tokens = 1 s of speech).
+    stream_first_block_tokens: int = 15
+    stream_block_tokens: int = 25
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -111,6 +118,7 @@ class _Prepared:
 
     text: str
     job: DecodeJob
+    s3gen_generator: torch.Generator
     conditioning: SpeakerConditioning
     cache_hit: bool
     exaggeration: float
@@ -196,6 +204,7 @@ class ChatterboxEngine:
                 "gpu_memory_fraction": placement.gpu_memory_fraction,
                 "seeded": True,
                 "batched": True,
+                "incremental": True,
             },
         )
         scheduler = T3Scheduler(
@@ -230,6 +239,16 @@ class ChatterboxEngine:
         speech = await asyncio.wrap_future(self._scheduler.submit(prepared.job))
         return await asyncio.to_thread(self._render, prepared, speech)
 
+    def synthesize_incrementally(
+        self, text: str, voice: VoiceRef | None, params: SynthesisParams
+    ) -> IncrementalSynthesis:
+        """The chunk's audio in blocks as T3 samples it (:class:`IncrementalSynthesis`).
+
+        Same checks, batch and seed as :meth:`synthesize`; the audio is S3Gen's block rendering
+        (pipeline.engines.chatterbox_streaming), close to but not bit-equal to the whole render.
+        """
+        return IncrementalSynthesis(self, self._prepare(text, voice, params))
+
     def _prepare(self, text: str, voice: VoiceRef | None, params: SynthesisParams) -> _Prepared:
         """Every check before any model work, then the voice's conditioning and the T3 job."""
         import torch
@@ -255,25 +274,40 @@ class ChatterboxEngine:
             text, self._settings.speech_tokens_per_char, self._settings.max_new_tokens_cap
         )
         exaggeration = min(params.exaggeration, MAX_EXAGGERATION)
-        # One generator per request, drawn from in a fixed order (T3, then S3Gen): the seed alone
-        # decides the audio, whatever else runs in the process or shares the batch.
-        generator = torch.Generator(device=model.device).manual_seed(params.seed)
-        job = DecodeJob(conditioning.for_request(exaggeration), text_tokens, params, token_cap, generator)
-        return _Prepared(text, job, conditioning, cache_hit, exaggeration, started, time.perf_counter())
+
+        # The request's own generators, one for T3 and one for S3Gen, both from its seed: the seed
+        # alone decides the audio, whatever else runs in the process or shares the batch. Two, not
+        # one drawn in turn, because incremental rendering draws S3Gen's noise while T3 samples.
+        def seeded() -> torch.Generator:
+            return torch.Generator(device=model.device).manual_seed(params.seed)
+
+        job = DecodeJob(conditioning.for_request(exaggeration), text_tokens, params, token_cap, seeded())
+        return _Prepared(
+            text, job, seeded(), conditioning, cache_hit, exaggeration, started, time.perf_counter()
+        )
 
     def _render(self, prepared: _Prepared, speech: SpeechTokens) -> AudioClip:
         from pipeline.engines.chatterbox_decoding import render_waveform
 
-        job = prepared.job
         sampled = time.perf_counter()
+        self._check_spoken(prepared, speech)
+        samples = render_waveform(
+            self._model.s3gen, speech.tokens, prepared.conditioning.s3gen_reference, prepared.s3gen_generator
+        )
+        return self._describe(prepared, speech, samples, sampled)
+
+    def _check_spoken(self, prepared: _Prepared, speech: SpeechTokens) -> None:
         if speech.tokens.size(1) == 0:
             raise GenerationFailed(
-                f"Chatterbox produced no speech for {prepared.text[:60]!r} (seed {job.params.seed}: "
+                f"Chatterbox produced no speech for {prepared.text[:60]!r} (seed {prepared.job.params.seed}: "
                 f"{speech.sampled} tokens, stopped by {speech.stop_reason})"
             )
-        samples = render_waveform(
-            self._model.s3gen, speech.tokens, prepared.conditioning.s3gen_reference, job.generator
-        )
+
+    def _describe(
+        self, prepared: _Prepared, speech: SpeechTokens, samples: np.ndarray, sampled: float
+    ) -> AudioClip:
+        """The rendered samples, watermarked if asked, with the chunk's generation report."""
+        job = prepared.job
         if not job.params.disable_watermark:
             samples = apply_watermark(self._watermarker, samples, SAMPLE_RATE)
         finished = time.perf_counter()
@@ -314,6 +348,79 @@ class ChatterboxEngine:
     def _condition(self, voice: VoiceRef) -> SpeakerConditioning:
         check_reference(voice, param="reference_audio_filename")
         return self._model.condition(voice.audio.samples, voice.audio.sample_rate)
+
+
+class IncrementalSynthesis:
+    """Iterate for AudioClip blocks (each float32 at 24 kHz; together the chunk); the last block's
+    metadata is the whole chunk's, as :meth:`ChatterboxEngine.synthesize` reports it, with
+    ``final_block`` true (false on the others: pipeline.graph.is_final_block).
+
+    :meth:`cancel` may be called from any thread: the T3 job leaves the batch at its next step and
+    iteration ends. Iterating also cancels it when stopped early (closed, or the caller failed).
+    """
+
+    # How long the renderer waits for a token before looking at the job again.
+    POLL_SEC = 0.05
+
+    def __init__(self, engine: ChatterboxEngine, prepared: _Prepared) -> None:
+        self._engine = engine
+        self._prepared = prepared
+        self._tokens: queue.SimpleQueue[int] = queue.SimpleQueue()
+        prepared.job.listener = self._tokens.put
+        self._future = engine.scheduler.submit(prepared.job)
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+    def __iter__(self) -> Iterator[AudioClip]:
+        from pipeline.engines.chatterbox_streaming import StreamingRenderer
+
+        engine, prepared, job = self._engine, self._prepared, self._prepared.job
+        settings = engine._settings
+        renderer = StreamingRenderer(
+            engine.model.s3gen,
+            prepared.conditioning.s3gen_reference,
+            prepared.s3gen_generator,
+            job.max_new_tokens,
+            block_tokens=settings.stream_block_tokens,
+            first_block_tokens=settings.stream_first_block_tokens,
+        )
+        first_audio_sec = None
+        try:
+            while not self._future.done():
+                samples = renderer.feed(self._take(wait=True))
+                if samples.size:
+                    first_audio_sec = first_audio_sec or time.perf_counter() - prepared.conditioned
+                    yield self._block(samples)
+            speech = self._future.result()  # a cancelled or failed job raises here
+            engine._check_spoken(prepared, speech)
+            rest = renderer.finish(self._take(wait=False))
+        finally:
+            self._future.cancel()
+        clip = engine._describe(prepared, speech, rest, time.perf_counter())
+        clip.metadata.update(first_audio_sec=first_audio_sec, incremental=True, final_block=True)
+        yield clip
+
+    def _take(self, wait: bool) -> list[int]:
+        """The tokens sampled since the last call (waiting briefly for one if ``wait``)."""
+        tokens = []
+        if wait:
+            try:
+                tokens.append(self._tokens.get(timeout=self.POLL_SEC))
+            except queue.Empty:
+                return tokens
+        while True:
+            try:
+                tokens.append(self._tokens.get_nowait())
+            except queue.Empty:
+                return tokens
+
+    def _block(self, samples: np.ndarray) -> AudioClip:
+        params = self._prepared.job.params
+        if not params.disable_watermark:
+            samples = apply_watermark(self._engine._watermarker, samples, SAMPLE_RATE)
+        metadata = {"seed": params.seed, "final_block": False}
+        return AudioClip(samples, SAMPLE_RATE, text=self._prepared.text, metadata=metadata)
 
 
 def check_reference(voice: VoiceRef, param: str) -> None:

@@ -286,3 +286,93 @@ def test_stream_with_one_chunk_in_flight_reaches_the_first_audio_after_one_chunk
     first, total = run(first_and_total(None))
     assert stages.max_active == 4
     assert total < 0.4
+
+
+class BlockStages(FakeStages):
+    """An engine that renders each chunk in three blocks; the last carries the chunk's report."""
+
+    def __init__(self, fail_text: str | None = None) -> None:
+        super().__init__()
+        self.fail_text = fail_text
+        self.block_calls: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def synthesize_blocks(self, text, voice, params):
+        self.block_calls.append(text)
+        try:
+            for block in range(3):
+                await asyncio.sleep(0.01 if block == 0 else 0.05)
+                if text == self.fail_text and block == 1:
+                    raise GenerationFailed(f"{text} failed mid-way")
+                samples = np.full(10, block, dtype=np.float32)
+                metadata = {"final_block": block == 2, "block": block}
+                yield AudioClip(samples, RATE, text=text, metadata=metadata)
+        except asyncio.CancelledError:
+            self.cancelled.append(text)
+            raise
+
+
+def block_pipeline(stages: BlockStages) -> TTSPipeline:
+    return TTSPipeline(
+        stages.split, stages.synthesize, stages.transcribe, stages.render, stages.synthesize_blocks
+    )
+
+
+def test_an_incremental_stream_yields_every_block_in_order_with_outcomes_on_last_blocks():
+    stages = BlockStages()
+
+    async def collect():
+        job = replace(make_job("One. Two. Three."), incremental=True)
+        return [
+            (o, clip.text, clip.metadata["block"]) async for o, clip in block_pipeline(stages).stream(job, 2)
+        ]
+
+    items = run(collect())
+    assert [(text, block) for _, text, block in items] == [
+        (text, block) for text in ("One.", "Two.", "Three.") for block in range(3)
+    ]
+    outcomes = [outcome for outcome, _, _ in items if outcome is not None]
+    assert [o.text for o in outcomes] == ["One.", "Two.", "Three."]
+    assert all(outcome is None for outcome, _, block in items if block < 2)
+    assert stages.synth_calls == [], "whole-chunk synthesis was not used"
+
+
+def test_an_incremental_stream_fails_in_order_and_cancels_the_chunks_after():
+    stages = BlockStages(fail_text="Two.")
+
+    async def collect():
+        job = replace(make_job("One. Two. Three. Four."), incremental=True)
+        got = []
+        with pytest.raises(GenerationFailed, match=r"Two\. failed"):
+            async for _, clip in block_pipeline(stages).stream(job, 2):
+                got.append((clip.text, clip.metadata["block"]))
+        await asyncio.sleep(0.1)
+        return got
+
+    got = run(collect())
+    assert got == [("One.", 0), ("One.", 1), ("One.", 2), ("Two.", 0)]
+    assert "Four." not in stages.block_calls or "Four." in stages.cancelled
+
+
+def test_closing_an_incremental_stream_cancels_the_chunk_being_rendered():
+    stages = BlockStages()
+
+    async def first_block_then_close():
+        job = replace(make_job("One. Two."), incremental=True)
+        stream = block_pipeline(stages).stream(job, 1)
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(0.1)
+
+    run(first_block_then_close())
+    assert stages.cancelled == ["One."]
+
+
+def test_a_job_that_is_not_incremental_streams_whole_chunks_even_with_a_block_engine():
+    stages = BlockStages()
+
+    async def collect():
+        return [o.text async for o, _ in block_pipeline(stages).stream(make_job("One. Two."))]
+
+    assert run(collect()) == ["One.", "Two."]
+    assert stages.block_calls == []

@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-fast lint manifests bench load-test load-table clean-outputs
+.PHONY: install run test test-fast lint manifests bench bench-batching load-test load-table clean-outputs
 
 install: .venv/.installed-$(LOCK_HASH)
 
@@ -41,6 +41,9 @@ manifests: install  ## write cluster/'s Serve configs from serve_config.yaml (cl
 
 bench: install  ## benchmark tables (printed, and JSON under load_tests/reports/)
 	.venv/bin/python -m load_tests.benchmark
+
+bench-batching: install  ## batched vs unbatched Chatterbox (random checkpoint): T3 tokens/s, RTF, first audio, 8 over HTTP (~10 min)
+	.venv/bin/python -m load_tests.batching_bench --http $(BENCH_ARGS)
 
 load-test: install  ## bounded headless Locust mix against a running `make run` (127.0.0.1 only; reports in load_tests/reports/)
 	.venv/bin/python -m load_tests.run_locust $(if $(PORT),--port $(PORT)) $(LOCUST_ARGS)

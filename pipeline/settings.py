@@ -119,6 +119,15 @@ class ChatterboxConfig(_Section):
         description="Per-chunk cap = len(text) * this + 1 s; random-weight T3 never stops by itself.",
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    stream_first_block_tokens: int = Field(
+        20,
+        ge=1,
+        description="Incremental audio: S3Gen first renders after this many speech tokens (20 "
+        "give 0.48 s of audio: 3 tokens wait for look-ahead, 5 more are the vocoder's context).",
+    )
+    stream_block_tokens: int = Field(
+        25, ge=1, description="Incremental audio: then every this many more (25 tokens = 1 s)."
+    )
     row_multiple: int = Field(
         4,
         ge=1,

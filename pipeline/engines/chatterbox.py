@@ -84,7 +84,7 @@ class ChatterboxSettings:
     row_multiple: int = 4
     # Incremental audio (pipeline.engines.chatterbox_streaming): S3Gen renders after this many
     # speech tokens, then every block_tokens more (25 tokens = 1 s of speech).
-    stream_first_block_tokens: int = 15
+    stream_first_block_tokens: int = 20
     stream_block_tokens: int = 25
 
     def __post_init__(self) -> None:

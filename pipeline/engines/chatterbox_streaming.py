@@ -8,7 +8,7 @@ prompt included, and keeps only the mel frames it had not committed yet (upstrea
 convention: frames of the last ``pre_lookahead_len`` tokens wait for their look-ahead); then it
 vocodes a window of committed frames with enough context on both sides that the samples it emits do
 not depend on where the window ends, the sine source continuing its phase from the previous window.
-Emitted samples therefore equal a vocoding of the committed mel at once, to about 1e-6; what
+Emitted samples therefore equal a vocoding of the committed mel at once, to within 1e-5; what
 remains of the difference from a whole-chunk render is what the flow did not yet know when it
 committed a frame.
 

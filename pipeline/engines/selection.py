@@ -90,6 +90,8 @@ def _chatterbox_settings(settings: AppSettings, cpu_threads: int) -> ChatterboxS
         max_batch_size=config.batching.max_batch_size,
         max_batch_tokens=config.batching.max_batch_tokens,
         row_multiple=config.row_multiple,
+        stream_first_block_tokens=config.stream_first_block_tokens,
+        stream_block_tokens=config.stream_block_tokens,
     )
     # Only the hub path can download; a configured checkpoint_dir fails in load() naming what is missing.
     if config.checkpoint_dir is None and chatterbox_weights_available(engine_settings) is None:

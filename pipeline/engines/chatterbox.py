@@ -83,7 +83,9 @@ class ChatterboxSettings:
     max_batch_tokens: int = 16_384
     row_multiple: int = 4
     # Incremental audio (pipeline.engines.chatterbox_streaming): S3Gen renders after this many
-    # speech tokens, then every block_tokens more (25 tokens = 1 s of speech).
+    # speech tokens, then every block_tokens more (25 tokens = 1 s of speech). Each block re-runs
+    # the flow over the prefix, so streaming a chunk costs more compute than rendering it whole.
+    incremental_audio: bool = True
     stream_first_block_tokens: int = 20
     stream_block_tokens: int = 25
 
@@ -204,7 +206,7 @@ class ChatterboxEngine:
                 "gpu_memory_fraction": placement.gpu_memory_fraction,
                 "seeded": True,
                 "batched": True,
-                "incremental": True,
+                "incremental": settings.incremental_audio,
             },
         )
         scheduler = T3Scheduler(

@@ -1,121 +1,24 @@
-"""Chatterbox decoding on upstream modules: T3 text -> speech tokens, S3Gen speech tokens -> 24 kHz audio.
+"""S3Gen decoding on upstream modules: speech tokens -> 24 kHz audio, with the request's own randomness.
 
-Why our own loops instead of ``T3.inference`` / ``S3Gen.inference``:
-
-- upstream samples from torch's global RNG (T3's multinomial, S3Gen's flow-matching noise and its
-  vocoder's source excitation), so concurrent requests in one process steal each other's random
-  numbers and a seed reproduces nothing. Here every draw comes from the request's own
-  ``torch.Generator``, with no lock: requests in a replica's thread pool stay independent and
-  concurrent;
-- ``T3.inference`` asks the transformer for attentions at every step (transformers then warns that
-  SDPA cannot return them), draws a tqdm bar, and takes a token cap that ``generate()`` fixes at 1000.
-
-The arithmetic is upstream's, step for step, and it draws its random numbers in upstream's order:
-for the same seed the tokens and samples equal upstream's under ``torch.manual_seed`` (the tests
-check this against upstream's own functions).
+Why our own functions instead of ``S3Gen.inference``: upstream draws S3Gen's flow-matching noise
+and its vocoder's source excitation from torch's global RNG, so concurrent requests in one process
+steal each other's random numbers and a seed reproduces nothing. Here every draw comes from the
+request's own ``torch.Generator``. The arithmetic is upstream's, and the draws come in upstream's
+order: for the same seed the samples equal upstream's under ``torch.manual_seed`` (the tests check
+this against upstream's own function). T3's decoding lives in pipeline.engines.t3_batching.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from chatterbox.models.s3gen import S3Gen
 from chatterbox.models.s3gen.hifigan import HiFTGenerator, SourceModuleHnNSF
-from chatterbox.models.s3tokenizer import SPEECH_VOCAB_SIZE
-from chatterbox.models.t3 import T3
-from chatterbox.models.t3.modules.cond_enc import T3Cond
-from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TopPLogitsWarper,
-)
-
-from pipeline.engines.base import SynthesisParams
 
 # Euler steps of S3Gen's flow matching, as upstream's S3Gen.flow_inference uses for this (non-meanflow) model.
 CFM_TIMESTEPS = 10
-
-
-@dataclass(frozen=True)
-class SpeechTokens:
-    """What T3 said: the S3 tokens S3Gen can render, and why sampling stopped."""
-
-    tokens: torch.Tensor  # (1, n) long, every id < SPEECH_VOCAB_SIZE
-    sampled: int  # tokens drawn before the stop token or the cap, invalid ids included
-    stop_reason: str  # "eos" | "token_cap"
-
-
-@torch.inference_mode()
-def sample_speech_tokens(
-    t3: T3,
-    t3_cond: T3Cond,
-    text_tokens: torch.Tensor,
-    params: SynthesisParams,
-    max_new_tokens: int,
-    generator: torch.Generator,
-) -> SpeechTokens:
-    """Upstream ``T3.inference`` with a KV cache and no attentions; ``text_tokens`` is (1, L) with SOT/EOT.
-
-    ``t3_cond`` must be the request's own copy: ``T3.prepare_conditioning`` writes into it.
-    With ``cfg_weight == 0`` the unconditional half of the CFG pair contributes nothing, so only
-    the conditional sequence runs (upstream's loop crashes there: it always builds the pair).
-    """
-    hp = t3.hp
-    use_cfg = params.cfg_weight > 0.0
-    batch_text = torch.cat([text_tokens, text_tokens]) if use_cfg else text_tokens
-    start = torch.full((1, 1), hp.start_speech_token, dtype=torch.long, device=t3.device)
-    embeds, _ = t3.prepare_input_embeds(
-        t3_cond=t3_cond,
-        text_tokens=batch_text,
-        speech_tokens=start.expand(batch_text.size(0), 1),
-        cfg_weight=params.cfg_weight,
-    )
-    # Upstream quirk kept on purpose: T3.inference appends a second start-of-speech embedding after
-    # the one prepare_input_embeds already placed; the released weights were sampled that way.
-    start_embed = t3.speech_emb(start) + t3.speech_pos_emb.get_fixed_embedding(0)
-    embeds = torch.cat([embeds, _pair(start_embed, use_cfg)], dim=1)
-
-    top_p_warper = TopPLogitsWarper(top_p=params.top_p)
-    min_p_warper = MinPLogitsWarper(min_p=params.min_p)
-    repetition_penalty = RepetitionPenaltyLogitsProcessor(penalty=float(params.repetition_penalty))
-
-    output = t3.tfmr(inputs_embeds=embeds, use_cache=True)
-    cache = output.past_key_values
-    step_logits = t3.speech_head(output.last_hidden_state)[:, -1, :]
-    generated = start  # the repetition penalty sees the start token too, as upstream's does
-    stop_reason = "token_cap"
-    for step in range(max_new_tokens):
-        logits = step_logits.float()
-        if use_cfg:
-            cond, uncond = logits[0:1, :], logits[1:2, :]
-            cfg = torch.as_tensor(params.cfg_weight, device=cond.device, dtype=cond.dtype)
-            logits = cond + cfg * (cond - uncond)
-        logits = repetition_penalty(generated, logits)
-        if params.temperature != 1.0:
-            logits = logits / params.temperature
-        logits = min_p_warper(generated, logits)
-        logits = top_p_warper(generated, logits)
-        probs = torch.softmax(logits, dim=-1)
-        next_token = torch.multinomial(probs, num_samples=1, generator=generator)
-        if next_token.item() == hp.stop_speech_token:
-            stop_reason = "eos"
-            break
-        generated = torch.cat([generated, next_token], dim=1)
-        if step + 1 == max_new_tokens:
-            break
-        token_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(step + 1)
-        output = t3.tfmr(inputs_embeds=_pair(token_embed, use_cfg), past_key_values=cache, use_cache=True)
-        cache = output.past_key_values
-        step_logits = t3.speech_head(output.last_hidden_state)[:, -1, :]
-
-    sampled = generated[:, 1:]
-    # Ids at or above SPEECH_VOCAB_SIZE are T3's special tokens: S3Gen cannot render them
-    # (upstream's generate() filters them the same way).
-    valid = sampled[sampled < SPEECH_VOCAB_SIZE].unsqueeze(0)
-    return SpeechTokens(tokens=valid, sampled=sampled.size(1), stop_reason=stop_reason)
 
 
 @torch.inference_mode()
@@ -153,11 +56,6 @@ def render_waveform(
     # Upstream's fade-in against spill-over from the reference clip.
     waveform[:, : len(s3gen.trim_fade)] *= s3gen.trim_fade
     return waveform.squeeze(0).float().cpu().numpy()
-
-
-def _pair(embedding: torch.Tensor, use_cfg: bool) -> torch.Tensor:
-    """The same input for the conditional and the unconditional sequence of the CFG pair."""
-    return torch.cat([embedding, embedding]) if use_cfg else embedding
 
 
 def _vocode(hift: HiFTGenerator, mels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

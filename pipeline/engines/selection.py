@@ -90,6 +90,7 @@ def _chatterbox_settings(settings: AppSettings, cpu_threads: int) -> ChatterboxS
         max_batch_size=config.batching.max_batch_size,
         max_batch_tokens=config.batching.max_batch_tokens,
         row_multiple=config.row_multiple,
+        incremental_audio=config.incremental_audio,
         stream_first_block_tokens=config.stream_first_block_tokens,
         stream_block_tokens=config.stream_block_tokens,
     )

@@ -4,7 +4,9 @@ Upstream's ``ChatterboxTTS.generate`` stores the request's voice on the shared m
 requests leak voices into each other), samples from torch's global RNG (a seed reproduces nothing
 under concurrency), always watermarks and lets every chunk run to 1000 speech tokens (40 s). This
 engine keeps the model read-only: each request gets its own conditioning (cached per voice), its
-own ``torch.Generator``, a token cap from its text length, and the watermark only when asked.
+own generators, a token cap from its text length, and the watermark only when asked. T3 decodes
+every request of the replica in one batch (pipeline.engines.t3_scheduler); S3Gen renders a chunk
+whole, or in blocks while T3 samples it (:class:`IncrementalSynthesis`).
 
 Importing this module is cheap; torch and chatterbox (~18 s) load in :meth:`ChatterboxEngine.load`.
 """

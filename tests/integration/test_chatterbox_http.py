@@ -116,6 +116,25 @@ def test_four_concurrent_requests_share_one_t3_batch_and_match_each_alone(cbx, v
         assert solo == concurrent, f"{voice} seed {seed} changed in a batch"
 
 
+def test_openai_stream_sends_a_chunk_in_blocks_as_they_are_rendered(cbx, voices):
+    """One chunk, streamed as SSE: its audio comes in several deltas (blocks of the chunk rendered
+    while T3 samples), which together decode to the chunk's length."""
+    import base64
+    import json
+
+    body = {"model": "chatterbox", "input": "Hi there.", "voice": voices[0], "response_format": "pcm"}
+    with cbx.stream("POST", "/v1/audio/speech", json={**body, "stream_format": "sse"}) as response:
+        assert response.status_code == 200
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    deltas = [base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta"]
+    assert events[-1]["type"] == "speech.audio.done"
+    assert len(deltas) >= 2, "the chunk came whole, not in blocks"
+    samples = np.frombuffer(b"".join(deltas), dtype="<i2")
+    assert 0.5 < len(samples) / 24_000 <= TOKEN_CAP / SPEECH_TOKENS_PER_SEC
+    assert len(deltas[0]) < len(b"".join(deltas)) / 2
+    assert np.abs(samples).max() > 300, "silence instead of generated audio"
+
+
 def test_a_client_that_goes_away_frees_its_rows_in_the_t3_batch(cbx, chatterbox_app):
     """The TTS replica's engine loop drops a disconnected request's chunks at the next decode step.
 

@@ -97,9 +97,9 @@ def test_same_seed_gives_identical_audio_and_another_seed_does_not(cbx, voices):
     assert first != other
 
 
-def test_four_concurrent_requests_share_one_t3_batch_and_match_each_alone(cbx, voices):
+def test_concurrent_requests_share_one_t3_batch_and_match_each_alone(cbx, voices):
     """Batched decoding keeps every request's own voice and seed: byte-identical files."""
-    requests = [(voices[0], 21), (voices[1], 21), (voices[0], 22), (voices[1], 22)]
+    requests = [(voices[0], 21), (voices[1], 21), (voices[0], 22)]
 
     def speak_and_fetch(request) -> tuple[bytes, int]:
         report = speak(cbx, "Hello you.", *request, response_mode="url").json()
@@ -107,9 +107,9 @@ def test_four_concurrent_requests_share_one_t3_batch_and_match_each_alone(cbx, v
         return audio, report["chunks"][0]["engine_metadata"]["t3_peak_batch"]
 
     alone = [speak_and_fetch(request) for request in requests]
-    assert len({audio for audio, _ in alone}) == 4, "voices and seeds should all sound different"
+    assert len({audio for audio, _ in alone}) == 3, "voices and seeds should all sound different"
     assert {batch for _, batch in alone} == {1}
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
         together = list(pool.map(speak_and_fetch, requests))
     assert max(batch for _, batch in together) >= 2, "concurrent requests were not batched"
     for (voice, seed), (solo, _), (concurrent, _) in zip(requests, alone, together, strict=True):

@@ -92,7 +92,7 @@ async def _encoded_chunks(
     first: StreamedChunk, rest: AsyncIterator[StreamedChunk], fmt: str, on_done: StreamDone
 ) -> AsyncIterator[bytes]:
     outcome, clip = first
-    outcomes, audio_sec = [outcome] if outcome else [], clip.duration_sec
+    outcomes, audio_sec = [outcome] if outcome is not None else [], clip.duration_sec
     encoder = StreamingEncoder(fmt, clip.sample_rate)
     yield encoder.encode(clip)
     async for outcome, clip in rest:

@@ -116,7 +116,13 @@ def chatterbox_app(
     over both: with room for several, Serve's power-of-two router sent all three windows of a burst
     to one replica in 2 of 5 runs (its queue-length view lags requests sent within microseconds).
     """
-    chatterbox = {"checkpoint_dir": str(chatterbox_checkpoint), "max_new_tokens": 25, "download": False}
+    # First incremental block after 10 of the 25 tokens, so it renders while T3 still samples.
+    chatterbox = {
+        "checkpoint_dir": str(chatterbox_checkpoint),
+        "max_new_tokens": 25,
+        "download": False,
+        "stream_first_block_tokens": 10,
+    }
     vc = {"autoscaling": None, "num_replicas": 2, "max_ongoing_requests": 1}
     serve_apps.deploy(
         app_config(serve_apps.port, data_dirs, engine="chatterbox", chatterbox=chatterbox, vc=vc),

@@ -238,7 +238,7 @@ class Ingress(LibraryRoutes, VCRoutes):
             engine_info=self._tts_info,
             validator_model=self._validator_model,
             defaults=self._settings.defaults,
-            max_text_chars=self._settings.max_text_chars,
+            max_text_chars=self._settings.limits.max_text_chars,
         )
         self._conversions = ConversionService(
             VoiceConversionPipeline(calls(vc, "convert")),

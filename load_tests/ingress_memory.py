@@ -76,7 +76,7 @@ def main() -> None:
             port=port,
             args_override={
                 "engine": "piper",
-                "max_text_chars": len(text) + 1,
+                "limits": {"max_text_chars": len(text) + 1},
                 "voices_dir": f"{data}/voices",
                 "vc_inputs_dir": f"{data}/vc_inputs",
                 "outputs_dir": f"{data}/outputs",

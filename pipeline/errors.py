@@ -48,6 +48,23 @@ class InvalidField(InvalidRequest):
     status_code = 422
 
 
+class Unauthorized(ServiceError):
+    """No API key, or one this server does not know: OpenAI's ``invalid_api_key``."""
+
+    status_code = 401
+    code = "INVALID_API_KEY"
+    error_type = "invalid_request_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "FORBIDDEN"
+    error_type = "invalid_request_error"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "RESOURCE_NOT_FOUND"
@@ -66,6 +83,14 @@ class PayloadTooLarge(ServiceError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeout(ServiceError):
+    """The client sent its body too slowly (a stalled or slow-loris upload)."""
+
+    status_code = 408
+    code = "REQUEST_TIMEOUT"
+    error_type = "invalid_request_error"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "UNSUPPORTED_MEDIA_TYPE"
@@ -78,6 +103,12 @@ class UnsupportedCapability(ServiceError):
     status_code = 422
     code = "CAPABILITY_UNSUPPORTED"
     error_type = "invalid_request_error"
+
+
+class UnsupportedLanguage(UnsupportedCapability):
+    """Text in a script the active engine cannot speak (Cyrillic on an English voice, say)."""
+
+    code = "UNSUPPORTED_LANGUAGE"
 
 
 class EngineUnavailable(ServiceError):
@@ -102,7 +133,9 @@ class ReplicaCrashed(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """Past capacity: refused before any work, with a hint of when to come back (``Retry-After``)."""
+    """Past capacity (or draining for a stop): refused before any work, with a hint of when to
+    come back (``Retry-After``). 503, not 429: the server is full, the caller did nothing wrong;
+    the ``openai`` client retries both, honouring ``Retry-After``."""
 
     status_code = 503
     code = "SERVER_OVERLOADED"
@@ -119,6 +152,14 @@ class Overloaded(ServiceError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_sec)}
+
+
+class GenerationTimeout(ServiceError):
+    """The request ran past the server's per-request time limit (``limits.request_timeout_sec``)."""
+
+    status_code = 504
+    code = "TIMEOUT"
+    error_type = "server_error"
 
 
 def unwrapped(error: ServiceError) -> ServiceError:

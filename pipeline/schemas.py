@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The most any server accepts in one request (about two hours of speech); each server's own,
-# lower limit is AppSettings.max_text_chars, enforced by SpeechService.
+# lower limit is AppSettings.limits.max_text_chars, enforced by SpeechService.
 MAX_TEXT_CHARS = 100_000
 OutputFormat = Literal["wav", "mp3", "flac", "opus", "aac", "pcm"]
 WhisperModelName = Literal[

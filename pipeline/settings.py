@@ -176,6 +176,40 @@ class LibraryConfig(_Section):
     )
 
 
+class LimitsConfig(_Section):
+    """What one request may ask for, checked before any model work starts (4xx naming the field).
+
+    Upload sizes are ``library.max_upload_bytes`` (they stream in, so they are checked as they come).
+    """
+
+    max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Longest text one TTS request may carry (10,000 characters: about 11 minutes of speech).",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest JSON body (multipart uploads: library.max_upload_bytes)."
+    )
+    max_generations_per_chunk: int = Field(
+        30,
+        ge=1,
+        le=100,
+        description="num_candidates_per_chunk x max_attempts_per_candidate: the most syntheses one chunk may cost.",
+    )
+    max_chunks: int = Field(
+        400, ge=1, description="Most text chunks one request may split into (the job size)."
+    )
+    request_timeout_sec: float = Field(
+        600.0,
+        gt=0,
+        description="A request still generating after this is stopped with 504 (its chunks are cancelled).",
+    )
+    body_timeout_sec: float = Field(
+        30.0, gt=0, description="A request body not fully received after this gets 408 (slow or stalled clients)."
+    )
+
+
 class AdmissionConfig(_Section):
     """How many synthesis requests one ingress replica works on and holds waiting; past that, 503.
 
@@ -260,12 +294,7 @@ class AppSettings(_Section):
         default_factory=UrlSourcePolicy,
         description="Voice and VC sources given as http(s) URLs: off unless enabled (SSRF).",
     )
-    max_text_chars: int = Field(
-        10_000,
-        ge=1,
-        le=100_000,
-        description="Longest text one TTS request may carry (10,000 characters: about 11 minutes of speech).",
-    )
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     chatterbox: ChatterboxConfig = Field(default_factory=ChatterboxConfig)

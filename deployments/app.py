@@ -21,6 +21,9 @@ from pipeline.settings import AppSettings, DeploymentSpec
 logger = logging.getLogger("ray.serve")
 
 STAGE_SPECS = ("ingress", "chunker", "tts", "vc", "validator", "postprocess")
+# The deployment that takes HTTP: the launcher drains it (its user_config) before a stop.
+INGRESS_DEPLOYMENT = "Ingress"
+SHUTDOWN_POLL_SEC = 0.5
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -29,12 +32,13 @@ def build_app(args: dict[str, Any]) -> Application:
     has_gpus = settings.accelerator == "gpu" or (settings.accelerator == "auto" and "GPU" in offered)
     settings = resolve_settings(settings, has_gpus, offered)
     payload = settings.model_dump()
-    chunker = _deployment(Chunker, "Chunker", settings.chunker).bind()
-    tts = _deployment(TTS, "TTS", settings.tts).bind(payload)
-    vc = _deployment(VC, "VC", settings.vc).bind(payload)
-    validator = _deployment(Validator, "Validator", settings.validator).bind(payload)
-    postprocess = _deployment(PostProcess, "PostProcess", settings.postprocess).bind()
-    return _deployment(Ingress, "Ingress", settings.ingress).bind(
+    grace_sec = settings.shutdown.grace_period_sec
+    chunker = _deployment(Chunker, "Chunker", settings.chunker, grace_sec).bind()
+    tts = _deployment(TTS, "TTS", settings.tts, grace_sec).bind(payload)
+    vc = _deployment(VC, "VC", settings.vc, grace_sec).bind(payload)
+    validator = _deployment(Validator, "Validator", settings.validator, grace_sec).bind(payload)
+    postprocess = _deployment(PostProcess, "PostProcess", settings.postprocess, grace_sec).bind()
+    return _deployment(Ingress, INGRESS_DEPLOYMENT, settings.ingress, grace_sec).bind(
         chunker, tts, vc, validator, postprocess, payload
     )
 
@@ -83,11 +87,18 @@ def cluster_resource_names() -> frozenset[str]:
     return frozenset(name for name, amount in ray.cluster_resources().items() if amount > 0)
 
 
-def _deployment(cls: type, name: str, spec: DeploymentSpec) -> Any:
+def _deployment(cls: type, name: str, spec: DeploymentSpec, grace_period_sec: float) -> Any:
     options: dict[str, Any] = {
         "name": name,
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
+        # A replica Serve stops (downscale, redeploy, serve.shutdown) finishes its calls in flight
+        # for as long as the whole service does on SIGTERM; Serve's default is 20 s, and a TTS
+        # chunk call can take longer than that on a busy replica.
+        "graceful_shutdown_timeout_s": grace_period_sec,
+        # How often a stopping replica looks whether its calls are done (Serve's default 2 s): a
+        # stop waits for it twice, once for the ingress, then once for the stages behind it.
+        "graceful_shutdown_wait_loop_s": SHUTDOWN_POLL_SEC,
         "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
     }
     if spec.resources:

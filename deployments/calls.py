@@ -12,7 +12,8 @@ not always right:
   running it twice would spend the GPU twice, so the request fails with 503 + Retry-After;
 - anything else (a user error, an engine error, a bug) is not retried here at all.
 Serve's ``BackPressureError`` (a stage queue is full) becomes the same 503 the admission gate
-gives.
+gives. Each call that returns reports its method and seconds (retries included: the caller
+waited for them), so one place times every stage the ingress calls.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Fate(enum.Enum):
 
 RETRY_CAUSES = {Fate.NODE_DIED: "node_lost", Fate.REPLICA_DIED: "replica_crashed"}
 RetryRecorder = Callable[[str, str], None]  # (stage, cause) of each retry
+LatencyRecorder = Callable[[str, float], None]  # (method, seconds) of each call that returned
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,13 @@ class StageCalls:
         retry_after_sec: int,
         cluster: ClusterView | None = None,
         on_retry: RetryRecorder | None = None,
+        on_latency: LatencyRecorder | None = None,
     ) -> None:
         self._policy = policy
         self._retry_after_sec = retry_after_sec
         self._cluster = cluster or GcsClusterView()
         self._on_retry = on_retry
+        self._on_latency = on_latency
         # Retries by cause since start: /api/v1/health shows them, so a test or an operator can
         # see that a node loss was ridden out rather than never hit.
         self.retries: Counter[str] = Counter()
@@ -162,13 +166,14 @@ class StageCalls:
         after that a lost replica ends the stream with the error (what was sent cannot be unsent)."""
 
         async def items(*args: Any) -> AsyncIterator[Any]:
-            stage, tries = f"{handle.deployment_name}.{method}", _Tries()
+            stage, tries, began = f"{handle.deployment_name}.{method}", _Tries(), time.monotonic()
             while True:
                 started = False
                 try:
                     async for item in getattr(handle.options(stream=True), method).remote(*args):
                         started = True
                         yield item
+                    self._returned(method, began)
                     return
                 except BackPressureError as error:
                     raise self._overloaded(handle) from error
@@ -186,14 +191,21 @@ class StageCalls:
         )
 
     async def _call(self, handle: DeploymentHandle, method: str, args: tuple[Any, ...]) -> Any:
-        stage, tries = f"{handle.deployment_name}.{method}", _Tries()
+        stage, tries, began = f"{handle.deployment_name}.{method}", _Tries(), time.monotonic()
         while True:
             try:
-                return await getattr(handle, method).remote(*args)
+                result = await getattr(handle, method).remote(*args)
             except BackPressureError as error:
                 raise self._overloaded(handle) from error
             except (ActorDiedError, ActorUnavailableError) as error:
                 await self._recover(handle, stage, error, tries)
+            else:
+                self._returned(method, began)
+                return result
+
+    def _returned(self, method: str, began: float) -> None:
+        if self._on_latency is not None:
+            self._on_latency(method, time.monotonic() - began)
 
     async def _recover(
         self, handle: DeploymentHandle, stage: str, lost: RayActorError, tries: _Tries

@@ -8,8 +8,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from ray.serve.context import _get_serve_request_context
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.metrics import record_error
 from pipeline.errors import Overloaded, ServiceError, unwrapped
 
 logger = logging.getLogger("ray.serve")
@@ -22,8 +24,19 @@ def error_response(
     headers: dict[str, str] | None = None,
     **extra: object,
 ) -> JSONResponse:
-    body = {"success": False, "error": error, "request_id": request.headers.get("x-request-id"), **extra}
+    body = {"success": False, "error": error, "request_id": request_id(request), **extra}
+    # The matched route's template, not the path (whose names and ids would make a series each);
+    # "unrouted": no route matched, or the request was refused before routing (deployments/security.py).
+    route = getattr(request.scope.get("route"), "path", "unrouted")
+    record_error(route, request.method, status_code, str(error.get("code")))
     return JSONResponse(status_code=status_code, content=body, headers=headers)
+
+
+def request_id(request: Request) -> str | None:
+    """The id Serve logs this request under and returns in ``X-Request-ID``: the client's header,
+    or the one Serve generated. Serve's request context has it however the request came in (no
+    public accessor in Ray 2.60); the header is the fallback outside Serve (a plain test client)."""
+    return _get_serve_request_context().request_id or request.headers.get("x-request-id")
 
 
 def install_error_handlers(api: FastAPI) -> None:
@@ -47,7 +60,11 @@ def install_error_handlers(api: FastAPI) -> None:
             for item in error.errors()
         ]
         first = details[0] if details else {"param": None, "message": "invalid request"}
-        message = "; ".join(f"{item['param']}: {item['message']}" for item in details) or "invalid request"
+        parts = [
+            f"{detail['param']}: {detail['message']}" if detail["param"] else detail["message"]
+            for detail in details
+        ]
+        message = "; ".join(parts) or "invalid request"
         return error_response(
             422,
             {

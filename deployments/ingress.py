@@ -7,36 +7,41 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.calls import StageCalls
+from deployments.content_types import require_json
 from deployments.fleet import FleetView, running_replicas
 from deployments.http_errors import install_error_handlers
 from deployments.library_routes import LibraryRoutes
 from deployments.library_routes import router as library_router
-from deployments.metrics import SpeechMetrics
+from deployments.metrics import SpeechMetrics, Stopwatch
 from deployments.responses import (
-    AUDIO_RESPONSE_MODES,
     audio_response,
     files_summary,
     requested_formats,
     store_outputs,
+    wants_audio,
 )
+from deployments.security import SecurityPolicy, install_security
 from deployments.vc_routes import VCRoutes
 from deployments.vc_routes import router as vc_router
 from pipeline.admission import AdmissionGate
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, StreamingEncoder
 from pipeline.clip import AudioClip
+from pipeline.concurrency import within, within_time
 from pipeline.conversion import VoiceConversionPipeline
 from pipeline.conversion_serving import ConversionService
 from pipeline.engines.base import EngineInfo
-from pipeline.errors import ServiceError, unwrapped
+from pipeline.errors import Overloaded, ServiceError, unwrapped
 from pipeline.graph import ChunkOutcome, TTSPipeline
 from pipeline.library import AudioLibrary, LibraryKind
 from pipeline.outputs import OutputStore
@@ -52,12 +57,21 @@ logger = logging.getLogger("ray.serve")
 VERSION = "0.1.0"
 ENGINE_INFO_TIMEOUT_SEC = 5.0
 
+
+def _security_policy() -> SecurityPolicy:
+    """The serving Ingress's policy. serve.ingress runs a pickled copy of ``api`` (and of its
+    middleware), so the middleware reaches the Ingress through Serve's replica context rather than
+    through an object shared at import."""
+    return serve.get_replica_context().servable_object._security
+
+
 api = FastAPI(
     title="Chatterbox TTS Extended Plus on Ray Serve",
     version=VERSION,
     description="Text to speech with voice cloning, Whisper-validated generation and an OpenAI dialect.",
 )
 install_error_handlers(api)
+install_security(api, _security_policy)
 api.include_router(library_router)
 api.include_router(vc_router)
 
@@ -85,7 +99,7 @@ def _result_headers(result: SpeechResult) -> dict[str, str]:
 
 # A chunk, or a block of one (incremental jobs): the outcome comes with a chunk's last block only.
 StreamedChunk = tuple[ChunkOutcome | None, AudioClip]
-StreamDone = Callable[[list[ChunkOutcome], float], None]
+StreamDone = Callable[[list[ChunkOutcome], float, float], None]  # (outcomes, audio_sec, encode_sec)
 
 
 async def _encoded_chunks(
@@ -93,15 +107,21 @@ async def _encoded_chunks(
 ) -> AsyncIterator[bytes]:
     outcome, clip = first
     outcomes, audio_sec = [outcome] if outcome is not None else [], clip.duration_sec
-    encoder = StreamingEncoder(fmt, clip.sample_rate)
-    yield encoder.encode(clip)
+    with Stopwatch() as encoding:
+        encoder = StreamingEncoder(fmt, clip.sample_rate)
+        data = encoder.encode(clip)
+    yield data
     async for outcome, clip in rest:
         if outcome is not None:
             outcomes.append(outcome)
         audio_sec += clip.duration_sec
-        yield encoder.encode(clip)
-    yield encoder.close()
-    on_done(outcomes, audio_sec)
+        with encoding:
+            data = encoder.encode(clip)
+        yield data
+    with encoding:
+        data = encoder.close()
+    yield data
+    on_done(outcomes, audio_sec, encoding.seconds)
 
 
 async def _audio_stream(
@@ -150,8 +170,37 @@ async def _releasing(
         await chunks.aclose()
 
 
-def _admission_gate(config: AdmissionConfig) -> AdmissionGate:
-    return AdmissionGate(config.max_active_requests, config.max_waiting_requests, config.retry_after_sec)
+def _admission_gate(config: AdmissionConfig, on_change: Callable[[], None]) -> AdmissionGate:
+    return AdmissionGate(
+        config.max_active_requests, config.max_waiting_requests, config.retry_after_sec, on_change
+    )
+
+
+class _DrainingGate:
+    """Admission on an ingress replica that is stopping (user_config ``draining: true``, set by the
+    launcher on SIGTERM): every new synthesis request is refused with 503 SERVER_DRAINING and a
+    Retry-After, while the requests admitted before finish in the gate that let them in."""
+
+    def __init__(self, admitted: AdmissionGate, retry_after_sec: int) -> None:
+        self.admitted = admitted
+        self._retry_after_sec = retry_after_sec
+        self.refused = 0
+
+    async def acquire(self) -> None:
+        self.refused += 1
+        raise Overloaded(
+            f"the server is stopping and takes no new requests; retry in {self._retry_after_sec} s",
+            retry_after_sec=self._retry_after_sec,
+            code="SERVER_DRAINING",
+        )
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        await self.acquire()
+        yield  # never reached: a draining replica admits nothing
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.admitted.snapshot(), "draining": True, "refused_draining": self.refused}
 
 
 def _plain(value: Any) -> str:
@@ -206,6 +255,7 @@ class Ingress(LibraryRoutes, VCRoutes):
         settings: dict,
     ) -> None:
         self._settings = AppSettings.model_validate(settings)
+        self._security = SecurityPolicy.from_settings(self._settings)
         self._tts = tts
         self._vc = vc
         self._validator = validator
@@ -216,12 +266,14 @@ class Ingress(LibraryRoutes, VCRoutes):
             "vc": FleetView(vc.report.remote),
             "validator": FleetView(validator.report.remote),
         }
-        self._admission = _admission_gate(self._settings.admission)
         self._metrics = SpeechMetrics()
+        self._admission = _admission_gate(self._settings.admission, self._publish_admission)
+        self._publish_admission()
         self._stage_calls = calls = StageCalls(
             self._settings.retries,
             self._settings.admission.retry_after_sec,
             on_retry=self._metrics.record_retry,
+            on_latency=self._metrics.record_stage,
         )
         self._pipeline = TTSPipeline(
             split=calls(chunker, "split"),
@@ -238,7 +290,7 @@ class Ingress(LibraryRoutes, VCRoutes):
             engine_info=self._tts_info,
             validator_model=self._validator_model,
             defaults=self._settings.defaults,
-            max_text_chars=self._settings.limits.max_text_chars,
+            limits=self._settings.limits,
         )
         self._conversions = ConversionService(
             VoiceConversionPipeline(calls(vc, "convert")),
@@ -250,14 +302,37 @@ class Ingress(LibraryRoutes, VCRoutes):
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Server defaults (validation threshold, OpenAI voice map, ...) and admission limits change
-        without a restart. Requests admitted before a change keep (and free) their old slot."""
+        without a restart. Requests admitted before a change keep (and free) their old slot.
+
+        ``draining: true`` (the launcher's first step of a graceful stop) refuses new synthesis and
+        turns the health check to 503 on every replica, new ones included: Serve applies a
+        user_config to each replica in place and hands it to the replicas it starts later.
+
+        ``auth``, ``cors`` and the body limits (``limits.max_body_bytes``, ``body_timeout_sec``)
+        apply from the next request on; they are checked first, so a bad one changes nothing.
+        """
+        self._security = SecurityPolicy.from_settings(self._settings, user_config)
         merged = {**self._settings.defaults.model_dump(), **(user_config.get("defaults") or {})}
         self._service.defaults = DefaultsConfig.model_validate(merged)
-        self._admission = _admission_gate(
-            AdmissionConfig.model_validate(
-                {**self._settings.admission.model_dump(), **(user_config.get("admission") or {})}
-            )
+        admission = AdmissionConfig.model_validate(
+            {**self._settings.admission.model_dump(), **(user_config.get("admission") or {})}
         )
+        if not user_config.get("draining"):
+            self._admission = _admission_gate(admission, self._publish_admission)
+        elif not isinstance(self._admission, _DrainingGate):
+            self._admission = _DrainingGate(self._admission, admission.retry_after_sec)
+            snapshot = self._admission.admitted.snapshot()
+            logger.info(
+                "draining: new synthesis requests are refused; %d running, %d waiting finish first",
+                snapshot["active"],
+                snapshot["waiting"],
+            )
+        self._publish_admission()
+
+    def _publish_admission(self) -> None:
+        """The gauges show the gate in force: a gate replaced by ``reconfigure`` still frees its
+        requests' slots, and each change it makes republishes the current gate's state."""
+        self._metrics.record_admission(self._admission.snapshot())
 
     async def _tts_info(self) -> EngineInfo:
         return await self._fleets["tts"].engine()
@@ -290,7 +365,13 @@ class Ingress(LibraryRoutes, VCRoutes):
         Engine details come from the stages' replicas themselves, each stage surveyed within a
         timeout: a TTS deployment whose replicas cannot load must not hang the health check. Each
         stage lists its running replicas (node, device, assigned GPUs) and whether they agree.
+        A replica that is stopping answers 503 ``draining`` at once, so load balancers stop sending.
         """
+        if isinstance(self._admission, _DrainingGate):
+            return JSONResponse(
+                status_code=503,
+                content={"status": "draining", "version": VERSION, "admission": self._admission.snapshot()},
+            )
         deployments = _deployment_states()
         app_name = serve.get_replica_context().app_name
         running = await running_replicas(app_name, ENGINE_INFO_TIMEOUT_SEC)
@@ -323,7 +404,7 @@ class Ingress(LibraryRoutes, VCRoutes):
             },
         )
 
-    @api.post("/api/v1/tts", response_model=TTSResponse)
+    @api.post("/api/v1/tts", response_model=TTSResponse, dependencies=[Depends(require_json)])
     async def tts(
         self,
         request: TTSRequest,
@@ -333,14 +414,23 @@ class Ingress(LibraryRoutes, VCRoutes):
         ] = "stream",
         return_format: Annotated[str | None, Query(description="Format of the audio body")] = None,
     ) -> Response:
-        wants_audio = response_mode.lower() in AUDIO_RESPONSE_MODES
+        audio_wanted = wants_audio(response_mode)
         formats = requested_formats(request.export_formats, return_format)
+        arrived = time.perf_counter()
         job = await self._service.native_job(request, tuple(formats))
         async with self._admission.admit():
-            result = await self._service.run(job)
-        self._metrics.record("native", result.engine.name, result.chunks, result.rendered.duration_sec)
+            result = await within(self._service.run(job), self._settings.limits.request_timeout_sec)
+        self._metrics.record(
+            "native",
+            result.engine.name,
+            result.chunks,
+            result.rendered.duration_sec,
+            processing_sec=result.processing_time_sec,
+            latency_sec=time.perf_counter() - arrived,
+            candidates_per_round=job.policy.num_candidates,
+        )
         stored: list[dict[str, str]] = []
-        if not wants_audio or len(formats) > 1:
+        if not audio_wanted or len(formats) > 1:
             stored = await store_outputs(
                 self._outputs,
                 http_request,
@@ -348,7 +438,7 @@ class Ingress(LibraryRoutes, VCRoutes):
                 native_output_stem(request),
                 result.rendered.files,
             )
-        if not wants_audio:
+        if not audio_wanted:
             return Response(
                 content=TTSResponse(
                     **files_summary(
@@ -376,13 +466,18 @@ class Ingress(LibraryRoutes, VCRoutes):
         )
         return FileResponse(file_path, media_type=media_type)
 
-    @api.post("/v1/audio/speech")
+    @api.post("/v1/audio/speech", dependencies=[Depends(require_json)])
     async def openai_speech(self, request: OpenAISpeechRequest) -> Response:
+        arrived = time.perf_counter()
         job = await self._service.openai_job(request)
         engine = await self._tts_info()
         await self._admission.acquire()
+        admitted = time.perf_counter()
         chunks = _releasing(
-            self._pipeline.stream(job, self._service.defaults.stream_chunks_in_flight),
+            within_time(
+                self._pipeline.stream(job, self._service.defaults.stream_chunks_in_flight),
+                self._settings.limits.request_timeout_sec,
+            ),
             self._admission.release,
         )
         # Wait for the first chunk before answering, so a failure still gets a proper error status.
@@ -393,8 +488,18 @@ class Ingress(LibraryRoutes, VCRoutes):
             "X-Generation-Seed": str(job.params.seed),
         }
 
-        def on_done(outcomes: list[ChunkOutcome], audio_sec: float) -> None:
-            self._metrics.record("openai", engine.name, outcomes, audio_sec)
+        def on_done(outcomes: list[ChunkOutcome], audio_sec: float, encode_sec: float) -> None:
+            done = time.perf_counter()
+            self._metrics.record_encode(encode_sec)
+            self._metrics.record(
+                "openai",
+                engine.name,
+                outcomes,
+                audio_sec,
+                processing_sec=done - admitted,
+                latency_sec=done - arrived,
+                candidates_per_round=job.policy.num_candidates,
+            )
 
         if request.stream_format == "sse":
             return StreamingResponse(

@@ -9,10 +9,11 @@ No `from __future__ import annotations` here: FastAPI must resolve the route ann
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 
+from deployments.content_types import require_json
 from deployments.http_errors import validate_body
 from deployments.uploads import read_upload_form
 from pipeline.errors import InvalidRequest
@@ -111,7 +112,9 @@ class LibraryRoutes:
     async def voice_folders(self) -> dict[str, Any]:
         return await asyncio.to_thread(self._voices.folder_tree)
 
-    @router.put("/api/v1/voice/{filename:path}/metadata", tags=["voices"])
+    @router.put(
+        "/api/v1/voice/{filename:path}/metadata", tags=["voices"], dependencies=[Depends(require_json)]
+    )
     async def update_voice(
         self, filename: str, update: Annotated[VoiceMetadataUpdate, Body()]
     ) -> dict[str, Any]:

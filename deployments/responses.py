@@ -9,12 +9,24 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, OUTPUT_FORMATS
-from pipeline.errors import InvalidRequest
+from pipeline.errors import InvalidField, InvalidRequest
 from pipeline.outputs import OutputStore
 from pipeline.rendering import RenderedAudio
 from pipeline.schemas import OutputFile
 
 AUDIO_RESPONSE_MODES = {"stream", "file", "download"}
+RESPONSE_MODES = (*sorted(AUDIO_RESPONSE_MODES), "url")
+
+
+def wants_audio(response_mode: str) -> bool:
+    """Whether the answer is the audio itself (stream/file/download) or JSON with URLs (url)."""
+    mode = response_mode.lower()
+    if mode not in RESPONSE_MODES:
+        raise InvalidField(
+            f"response_mode must be one of {', '.join(RESPONSE_MODES)}; got {response_mode!r}",
+            param="response_mode",
+        )
+    return mode in AUDIO_RESPONSE_MODES
 
 
 def requested_formats(export_formats: list[str], return_format: str | None) -> list[str]:

@@ -7,7 +7,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from pipeline.errors import InvalidRequest, PayloadTooLarge
+from pipeline.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 # Room for the form's text fields and multipart framing on top of the file itself.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -40,7 +40,10 @@ async def read_upload_form(request: Request, file_field: str, max_file_bytes: in
     """The request's multipart form; the caller closes it (``await form.close()``)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise InvalidRequest(f"send multipart/form-data with the audio in {file_field!r}", param=file_field)
+        raise UnsupportedMediaType(
+            f"send multipart/form-data with the audio in {file_field!r} (got {content_type!r})",
+            param="content-type",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise PayloadTooLarge(

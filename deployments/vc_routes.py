@@ -9,26 +9,29 @@ No `from __future__ import annotations` here: FastAPI must resolve the route ann
 
 import asyncio
 import json
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from deployments.content_types import is_json
 from deployments.http_errors import validate_body
 from deployments.library_routes import form_fields, uploaded_file
 from deployments.metrics import SpeechMetrics
 from deployments.responses import (
-    AUDIO_RESPONSE_MODES,
     audio_response,
     files_summary,
     requested_formats,
     store_outputs,
+    wants_audio,
 )
 from deployments.uploads import read_upload_form
 from pipeline.admission import AdmissionGate
 from pipeline.clip import AudioClip
+from pipeline.concurrency import within
 from pipeline.conversion_serving import ConversionOutcome, ConversionService, conversion_output_stem
-from pipeline.errors import InvalidRequest
+from pipeline.errors import InvalidRequest, UnsupportedMediaType
 from pipeline.library import AudioLibrary, validated_audio
 from pipeline.outputs import OutputStore
 from pipeline.schemas import VCOptions, VCRequest, VCResponse
@@ -89,30 +92,38 @@ class VCRoutes:
     ) -> Response:
         """JSON: input_audio_source names a stored VC input. Multipart: the input_audio file itself.
         Long inputs are cut into chunk_sec windows (overlap_sec crossfades) converted in parallel."""
+        arrived = time.perf_counter()
+        audio_wanted = wants_audio(response_mode)
         content_type = http_request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             options, source = await self._multipart_request(http_request)
-        elif content_type.startswith("application/json"):
+        elif is_json(content_type):
             options, source = await self._json_request(http_request)
         else:
-            raise InvalidRequest(
+            raise UnsupportedMediaType(
                 "send JSON (input_audio_source, target_voice_source, ...) or multipart/form-data "
                 "(an input_audio file and the same fields)",
                 param="content-type",
             )
         formats = requested_formats(options.export_formats, return_format)
         async with self._admission.admit():
-            outcome = await self._conversions.run(source, options, tuple(formats))
+            outcome = await within(
+                self._conversions.run(source, options, tuple(formats)),
+                self._settings.limits.request_timeout_sec,
+            )
         self._metrics.record_conversion(
-            outcome.engine.name, len(outcome.windows), outcome.rendered.duration_sec
+            outcome.engine.name,
+            len(outcome.windows),
+            outcome.rendered.duration_sec,
+            processing_sec=outcome.processing_time_sec,
+            latency_sec=time.perf_counter() - arrived,
         )
-        wants_audio = response_mode.lower() in AUDIO_RESPONSE_MODES
         stem = conversion_output_stem(options)
         stored: list[dict[str, str]] = []
-        if not wants_audio or len(formats) > 1:
+        if not audio_wanted or len(formats) > 1:
             stored = await store_outputs(self._outputs, http_request, None, stem, outcome.rendered.files)
         headers = _conversion_headers(outcome)
-        if wants_audio:
+        if audio_wanted:
             return audio_response(outcome.rendered.files, formats[0], stem, stored, headers)
         summary = files_summary(
             stored, outcome.seed, outcome.engine.name, outcome.rendered, outcome.processing_time_sec

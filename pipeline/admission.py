@@ -10,17 +10,27 @@ says when to come back. Serve's limits stay as the last line behind this one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from pipeline.errors import Overloaded
 
 
 class AdmissionGate:
-    def __init__(self, max_active: int, max_waiting: int, retry_after_sec: int) -> None:
+    """``on_change`` is called each time the running or waiting count changes (queue-depth
+    gauges follow the gate instead of being polled)."""
+
+    def __init__(
+        self,
+        max_active: int,
+        max_waiting: int,
+        retry_after_sec: int,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self._slots = asyncio.Semaphore(max_active)
         self._max_waiting = max_waiting
         self._retry_after_sec = retry_after_sec
+        self._on_change = on_change
         self.max_active = max_active
         self.active = 0
         self.waiting = 0
@@ -40,15 +50,18 @@ class AdmissionGate:
                 retry_after_sec=self._retry_after_sec,
             )
         self.waiting += 1
+        self._changed()
         try:
             await self._slots.acquire()
+            self.active += 1
         finally:
             self.waiting -= 1
-        self.active += 1
+            self._changed()
 
     def release(self) -> None:
         self.active -= 1
         self._slots.release()
+        self._changed()
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
@@ -67,3 +80,7 @@ class AdmissionGate:
             "max_waiting": self._max_waiting,
             "refused": self.refused,
         }
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()

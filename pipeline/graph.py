@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pipeline.clip import AudioClip
 from pipeline.concurrency import all_or_nothing
 from pipeline.engines.base import SynthesisParams, VoiceRef
-from pipeline.errors import GenerationFailed, unwrapped
+from pipeline.errors import GenerationFailed, InvalidField, unwrapped
 from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
 from pipeline.text import TextOptions
@@ -59,6 +59,8 @@ class TTSJob:
     max_syntheses_in_flight: int | None = None
     # Stream each chunk's audio in blocks as the engine renders them (TTSPipeline.stream).
     incremental: bool = False
+    # The most chunks the text may split into (limits.max_chunks).
+    max_chunks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class TTSPipeline:
 
         Slots are taken in chunk order (asyncio's semaphore is FIFO), so chunk 0 starts first.
         """
-        chunks = await self._split(job.text, job.text_options)
+        chunks = await self._chunks(job)
         slots = _synthesis_slots(job)
         outcomes = await all_or_nothing(
             self._generate_chunk(index, text, job, slots) for index, text in enumerate(chunks)
@@ -136,7 +138,7 @@ class TTSPipeline:
         job yields each chunk in blocks as rendered (:meth:`_stream_blocks`); the outcome comes
         with a chunk's last block and is None with the others.
         """
-        chunks = await self._split(job.text, job.text_options)
+        chunks = await self._chunks(job)
         chunk_slots = asyncio.Semaphore(max_chunks_in_flight or max(1, len(chunks)))
         if job.incremental and self._synthesize_blocks is not None:
             async for item in self._stream_blocks(job, chunks, chunk_slots):
@@ -158,6 +160,17 @@ class TTSPipeline:
         finally:
             for task in tasks:
                 task.cancel()
+
+    async def _chunks(self, job: TTSJob) -> list[str]:
+        """The text's chunks, refused before any synthesis when there are more than the job may have."""
+        chunks = await self._split(job.text, job.text_options)
+        if job.max_chunks is not None and len(chunks) > job.max_chunks:
+            raise InvalidField(
+                f"{job.text_options.text_param} splits into {len(chunks)} chunks; this server takes "
+                f"at most {job.max_chunks} per request (send a shorter text, or several requests)",
+                param=job.text_options.text_param,
+            )
+        return chunks
 
     async def _stream_blocks(
         self, job: TTSJob, chunks: list[str], chunk_slots: asyncio.Semaphore

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from pipeline.audio import FILE_EXTENSIONS
-from pipeline.errors import InvalidRequest, NotFound
+from pipeline.errors import NotFound
 
 _FOLDER_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
@@ -53,16 +53,16 @@ class OutputStore:
 
     @staticmethod
     def _folder_parts(folder: str | None) -> list[str]:
-        if not folder:
-            return []
-        parts = [part for part in folder.replace("\\", "/").split("/") if part]
-        for part in parts:
-            if part in (".", "..") or not _FOLDER_PART.match(part):
-                raise InvalidRequest(
-                    f"invalid project folder {folder!r}: use letters, digits, spaces, '_', '-', '.'",
-                    param="project",
-                )
-        return parts
+        return folder_parts(folder) if folder else []
+
+
+def folder_parts(folder: str) -> list[str]:
+    """The sub-folders of a project folder name (``a/b``), or ValueError naming what is wrong."""
+    parts = [part for part in folder.replace("\\", "/").split("/") if part]
+    for part in parts:
+        if part in (".", "..") or not _FOLDER_PART.match(part):
+            raise ValueError(f"invalid project folder {folder!r}: use letters, digits, spaces, '_', '-', '.'")
+    return parts
 
 
 def output_stem(kind: str, parts: list[str], now: datetime | None = None) -> str:

@@ -19,11 +19,7 @@ from pipeline.clip import AudioClip
 
 @dataclass(frozen=True)
 class PostProcessOptions:
-    """What the request asks of post-processing; defaults leave the audio as synthesised.
-
-    ``normalize_lra`` is accepted for compatibility with the reference API and not applied:
-    pyloudnorm measures and matches integrated loudness but has no loudness-range control.
-    """
+    """What the request asks of post-processing; defaults leave the audio as synthesised."""
 
     crossfade_ms: float = 20.0
     cut_silences: bool = False
@@ -36,7 +32,6 @@ class PostProcessOptions:
     normalize_method: Literal["ebu", "peak"] = "ebu"
     normalize_level: float = -24.0
     normalize_tp: float = -2.0
-    normalize_lra: float = 7.0
     output_sample_rate: int | None = None
 
 

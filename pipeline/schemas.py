@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.outputs import folder_parts
+
 # The most any server accepts in one request (about two hours of speech); each server's own,
 # lower limit is AppSettings.limits.max_text_chars, enforced by SpeechService.
 MAX_TEXT_CHARS = 100_000
@@ -31,9 +33,10 @@ WhisperModelName = Literal[
 
 
 class _StrictModel(BaseModel):
-    """Unknown fields are an error: a misspelt option must not be silently ignored."""
+    """Unknown fields are an error: a misspelt option must not be silently ignored. NaN and
+    infinities (which Python's JSON parser accepts) are refused like any out-of-range number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TTSRequest(_StrictModel):
@@ -87,7 +90,11 @@ class TTSRequest(_StrictModel):
     normalize_method: Literal["ebu", "peak"] = "ebu"
     normalize_level: float = Field(-24.0, ge=-70.0, le=-5.0)
     normalize_tp: float = Field(-2.0, ge=-9.0, le=0.0)
-    normalize_lra: float = Field(7.0, ge=1.0, le=50.0)
+    normalize_lra: float | None = Field(
+        None,
+        description="Not supported: loudness is matched as integrated loudness (pyloudnorm), which has "
+        "no loudness-range control; a value is refused rather than ignored.",
+    )
 
     speed_factor: float = Field(1.0, ge=0.5, le=2.0)
     speed_factor_library: Literal["auto", "audiostretchy"] | None = "auto"
@@ -134,6 +141,24 @@ class TTSRequest(_StrictModel):
             raise ValueError(
                 "keeping an unedited copy is not supported; request once with use_auto_editor false"
             )
+        return value
+
+    @field_validator("normalize_lra")
+    @classmethod
+    def _no_loudness_range(cls, value: float | None) -> float | None:
+        if value is not None:
+            raise ValueError(
+                "loudness-range control is not supported (loudness is matched as integrated "
+                "loudness only); omit normalize_lra"
+            )
+        return value
+
+    @field_validator("project", "folder")
+    @classmethod
+    def _valid_folder(cls, value: str | None) -> str | None:
+        # Checked here, before any work: a bad folder used to fail only after all generation.
+        if value is not None:
+            folder_parts(value)
         return value
 
     @model_validator(mode="after")
@@ -193,17 +218,30 @@ OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "chatterbox")
 
 
 class OpenAISpeechRequest(_StrictModel):
-    """Body of ``POST /v1/audio/speech``. ``model`` is accepted and ignored (one engine serves all)."""
+    """Body of ``POST /v1/audio/speech``. Every model name is an alias of the active engine."""
 
-    model: str = Field("tts-1", description=f"Any of {', '.join(OPENAI_MODELS)}; ignored.")
+    model: Literal[OPENAI_MODELS] = Field(
+        "tts-1", description="Any of these names: each is the server's active engine."
+    )
     input: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     voice: str = "alloy"
     instructions: str | None = Field(
-        None, description="Accepted for compatibility; Chatterbox takes no prompt."
+        None,
+        description="Not supported (Chatterbox takes no style prompt): empty or omitted, else refused.",
     )
     response_format: OutputFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0, description="Pitch-kept speed change, OpenAI's range.")
     stream_format: Literal["audio", "sse"] = "audio"
+
+    @field_validator("instructions")
+    @classmethod
+    def _no_instructions(cls, value: str | None) -> str | None:
+        if value and value.strip():
+            raise ValueError(
+                "voice instructions are not supported: Chatterbox takes no style prompt; "
+                "omit instructions (use a voice and its exaggeration/cfg_weight defaults instead)"
+            )
+        return value
 
     @field_validator("input")
     @classmethod

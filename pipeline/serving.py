@@ -12,15 +12,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
+from pipeline.engines.base import SAMPLING_FIELDS, EngineInfo, SynthesisParams, VoiceRef
 from pipeline.errors import InvalidField, InvalidRequest, UnsupportedCapability
 from pipeline.graph import ChunkOutcome, QualityPolicy, TTSJob, TTSPipeline
 from pipeline.outputs import output_stem
 from pipeline.postprocess import PostProcessOptions
 from pipeline.rendering import RenderedAudio
 from pipeline.schemas import ChunkReport, OpenAISpeechRequest, TTSRequest
-from pipeline.settings import DefaultsConfig
+from pipeline.settings import DefaultsConfig, LimitsConfig
 from pipeline.sources import AudioSources, ResolvedVoice
+from pipeline.speakable import check_script, clean_characters
 from pipeline.text import TextOptions
 
 # The reference caps exaggeration at 1.0 although it accepts up to 2.0 (factsheet §3).
@@ -67,9 +68,10 @@ class SpeechService:
         engine_info: Callable[[], Awaitable[EngineInfo]],
         validator_model: Callable[[], Awaitable[str]],
         defaults: DefaultsConfig,
-        max_text_chars: int,
+        limits: LimitsConfig,
     ) -> None:
-        self._max_text_chars = max_text_chars
+        self._limits = limits
+        self._max_text_chars = limits.max_text_chars
         self._pipeline = pipeline
         self._sources = sources
         self._engine_info = engine_info
@@ -77,7 +79,9 @@ class SpeechService:
         self.defaults = defaults
 
     async def native_job(self, request: TTSRequest, formats: tuple[str, ...]) -> TTSJob:
-        self._check_length(request.text, "text")
+        await self._check_text(request.text, "text")
+        self._check_generations(request)
+        await self._check_sampling(request)
         resolved = await self._load_voice(request.reference_audio_filename, "reference_audio_filename")
         voice = resolved.voice if resolved else None
         await self._check_capabilities(voice, "reference_audio_filename")
@@ -131,15 +135,15 @@ class SpeechService:
                 normalize_method=request.normalize_method,
                 normalize_level=request.normalize_level,
                 normalize_tp=request.normalize_tp,
-                normalize_lra=request.normalize_lra,
                 output_sample_rate=request.sample_rate,
             ),
             formats=formats,
             max_syntheses_in_flight=self.defaults.syntheses_in_flight,
+            max_chunks=self._limits.max_chunks,
         )
 
     async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
-        self._check_length(request.input, "input")
+        await self._check_text(request.input, "input")
         resolved = await self._openai_voice(request.voice)
         voice = resolved.voice if resolved else None
         await self._check_capabilities(voice, "voice")
@@ -156,7 +160,7 @@ class SpeechService:
         engine = await self._engine_info()
         return TTSJob(
             text=request.input,
-            text_options=TextOptions(),
+            text_options=TextOptions(text_param="input"),
             voice=voice,
             params=SynthesisParams(seed=random_seed(), **defaults),
             policy=policy,
@@ -164,6 +168,7 @@ class SpeechService:
             post=PostProcessOptions(speed_factor=speed, output_sample_rate=OPENAI_SAMPLE_RATE),
             formats=(request.response_format,),
             max_syntheses_in_flight=self.defaults.syntheses_in_flight,
+            max_chunks=self._limits.max_chunks,
             # Blocks of a chunk can be streamed as rendered only when nothing needs the whole chunk
             # first: no transcript to check, no candidate to choose, no speed change or resampling.
             incremental=bool(engine.details.get("incremental"))
@@ -186,11 +191,43 @@ class SpeechService:
             processing_time_sec=time.perf_counter() - started,
         )
 
-    def _check_length(self, text: str, param: str) -> None:
+    async def _check_text(self, text: str, param: str) -> None:
+        """Too long, nothing but invisible characters, or in a script the engine cannot speak:
+        refused before any work is queued."""
         if len(text) > self._max_text_chars:
             raise InvalidField(
                 f"{param} has {len(text)} characters; this server takes at most {self._max_text_chars}",
                 param=param,
+            )
+        if not clean_characters(text).strip():
+            raise InvalidField(f"{param} has only control or invisible characters", param=param)
+        engine = await self._engine_info()
+        check_script(text, param, engine=f"{engine.name}, {engine.model}")
+
+    def _check_generations(self, request: TTSRequest) -> None:
+        limit = self._limits.max_generations_per_chunk
+        generations = request.num_candidates_per_chunk * request.max_attempts_per_candidate
+        if generations > limit:
+            raise InvalidField(
+                f"num_candidates_per_chunk x max_attempts_per_candidate is {generations}; this server "
+                f"generates at most {limit} candidates per chunk",
+                param="num_candidates_per_chunk",
+            )
+
+    async def _check_sampling(self, request: TTSRequest) -> None:
+        """A sampling field the active engine has no use for is refused, not silently ignored."""
+        engine = await self._engine_info()
+        unused = [
+            name
+            for name in SAMPLING_FIELDS
+            if name in request.model_fields_set and name not in engine.sampling_fields
+        ]
+        if unused:
+            raise InvalidField(
+                f"{', '.join(unused)}: the active engine '{engine.name}' ({engine.model}) has no "
+                f"sampler and does not use {'it' if len(unused) == 1 else 'them'}; omit "
+                f"{'it' if len(unused) == 1 else 'them'} (needs the Chatterbox engine)",
+                param=unused[0],
             )
 
     async def _openai_voice(self, name: str) -> ResolvedVoice | None:

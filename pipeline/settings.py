@@ -195,7 +195,7 @@ class LimitsConfig(_Section):
         30,
         ge=1,
         le=100,
-        description="num_candidates_per_chunk x max_attempts_per_candidate: the most syntheses one chunk may cost.",
+        description="num_candidates_per_chunk x max_attempts_per_candidate: the most syntheses of a chunk.",
     )
     max_chunks: int = Field(
         400, ge=1, description="Most text chunks one request may split into (the job size)."
@@ -206,7 +206,34 @@ class LimitsConfig(_Section):
         description="A request still generating after this is stopped with 504 (its chunks are cancelled).",
     )
     body_timeout_sec: float = Field(
-        30.0, gt=0, description="A request body not fully received after this gets 408 (slow or stalled clients)."
+        30.0,
+        gt=0,
+        description="A body not fully received after this gets 408 (slow or stalled clients); "
+        "multipart uploads, which may rightly take longer, get 408 after this long without data.",
+    )
+
+
+class AuthConfig(_Section):
+    """API keys (deployments/security.py); auth is off unless a keys file or the variable is set.
+
+    Entries are ``name:key`` or ``name:key:speech`` (a key that may not change the voice library).
+    Changeable at runtime through the Ingress user_config; the file is also re-read when it changes.
+    """
+
+    keys_file: str | None = Field(
+        None, description="A file of one entry per line (# comments); set but empty refuses every key."
+    )
+    keys_env: str | None = Field(
+        "CHATTERBOX_API_KEYS",
+        description="An environment variable of the replicas holding comma-separated entries.",
+    )
+
+
+class CorsConfig(_Section):
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins that may call the API (https://app.example.com, or *); empty: "
+        "no CORS headers at all. Changeable at runtime through the Ingress user_config.",
     )
 
 
@@ -222,6 +249,19 @@ class AdmissionConfig(_Section):
     max_waiting_requests: int = Field(32, ge=0)
     retry_after_sec: int = Field(
         2, ge=1, description="The Retry-After of a 503: about one short request's latency."
+    )
+
+
+class ShutdownConfig(_Section):
+    """How much time work in flight gets when the service, or one replica, stops."""
+
+    grace_period_sec: float = Field(
+        30.0,
+        gt=0,
+        description="On SIGTERM/SIGINT the launcher refuses new synthesis (503 SERVER_DRAINING) and "
+        "waits this long at most for requests in flight before Serve shuts down; also every "
+        "deployment's graceful_shutdown_timeout_s (a replica Serve stops: downscale, redeploy). "
+        "Kubernetes' terminationGracePeriodSeconds must exceed it.",
     )
 
 
@@ -295,8 +335,11 @@ class AppSettings(_Section):
         description="Voice and VC sources given as http(s) URLs: off unless enabled (SSRF).",
     )
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     chatterbox: ChatterboxConfig = Field(default_factory=ChatterboxConfig)
     piper: PiperConfig = Field(default_factory=PiperConfig)
     whisper: WhisperConfig = Field(default_factory=WhisperConfig)

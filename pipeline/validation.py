@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from num2words import num2words
-
 from pipeline.clip import AudioClip
+from pipeline.speakable import LONG_DIGIT_RUN, digit_words, number_words, ordinal_words, year_words
 
 # Word-level ratio is 2 * matches / (len(expected) + len(transcript)): one wrong word in a 10-word
 # chunk gives 0.90, two give 0.80; a 20-word chunk passes with up to three. Measured here, tiny.en
@@ -36,6 +35,9 @@ _Readings = tuple[tuple[str, ...], ...]
 
 _DASHES = re.compile(r"[-‐‑‒–—―−]")
 _APOSTROPHES = re.compile(r"['’‘ʼ`]")
+# Whisper writes "jane.doe@example.com" and "R&D" for what pipeline.speakable had the voice say.
+_SYMBOLS = re.compile(r"[&@+]|(?<=[^\W\d_])\.(?=[^\W\d_]{2})")
+_SYMBOL_WORDS = {"&": " and ", "@": " at ", "+": " plus ", ".": " dot "}
 _NUMBER = re.compile(
     r"(?P<currency>[$€£])?\s?"
     r"(?P<integer>\d{1,3}(?:,\d{3})+|\d+)"
@@ -155,6 +157,7 @@ def _segments(text: str) -> list[_Readings]:
     """The text as a sequence of words and numbers, each with its readings."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = _APOSTROPHES.sub("", _DASHES.sub(" ", text))
+    text = _SYMBOLS.sub(lambda match: _SYMBOL_WORDS[match.group(0)], text)
     segments: list[_Readings] = []
     position = 0
     for match in _NUMBER.finditer(text):
@@ -170,17 +173,23 @@ def _word_readings(word: str) -> _Readings:
 
 
 def _number_readings(match: re.Match[str]) -> _Readings:
-    integer = int(match["integer"].replace(",", ""))
+    """Never raises: a run of more than LONG_DIGIT_RUN digits (an ID, a card number, a Whisper
+    transcript of one) is read digit by digit and never converted to an int, so neither
+    num2words' overflow above 10**300 nor int()'s 4300-digit limit can fail a request."""
+    digits = match["integer"].replace(",", "")
     fraction, currency = match["fraction"], match["currency"]
-    if match["ordinal"] and not fraction and not currency:
-        return (_words(num2words(integer, to="ordinal")),)
-    wholes = _integer_readings(integer, year_like=len(match["integer"]) == 4)
+    if len(digits) > LONG_DIGIT_RUN:
+        wholes = [_digit_words(digits)]
+    elif match["ordinal"] and not fraction and not currency:
+        return (_words(ordinal_words(int(digits))),)
+    else:
+        wholes = _integer_readings(digits, year_like=len(match["integer"]) == 4)
     if currency:
-        readings = _money_readings(wholes, integer, fraction, _CURRENCY_UNITS[currency])
+        readings = _money_readings(wholes, digits, fraction, _CURRENCY_UNITS[currency])
     elif fraction:
         readings = [(*whole, "point", *_digit_words(fraction)) for whole in wholes]
         if len(fraction) == 2:  # Whisper writes a spoken "ten thirty" (a time, a price) as 10.30
-            readings += [(*whole, *_words(num2words(int(fraction)))) for whole in wholes]
+            readings += [(*whole, *_words(number_words(int(fraction)))) for whole in wholes]
     else:
         readings = wholes
     if match["percent"]:
@@ -188,36 +197,39 @@ def _number_readings(match: re.Match[str]) -> _Readings:
     return tuple(dict.fromkeys(readings))
 
 
-def _integer_readings(integer: int, *, year_like: bool) -> list[tuple[str, ...]]:
-    """num2words' British cardinal ("one hundred and five"), the American one without "and", and
-    for four digits the year reading ("nineteen ninety nine", "twenty twenty four")."""
-    cardinal = _words(num2words(integer))
+def _integer_readings(digits: str, *, year_like: bool) -> list[tuple[str, ...]]:
+    """num2words' British cardinal ("one hundred and five"), the American one without "and", for
+    four digits the year reading ("nineteen ninety nine", "twenty twenty four"), and from three
+    digits on digit by digit (a phone number, an ID)."""
+    cardinal = _words(number_words(int(digits)))
     readings = [cardinal, tuple(word for word in cardinal if word != "and")]
     if year_like:
-        readings.append(_words(num2words(integer, to="year")))
+        readings.append(_words(year_words(int(digits))))
+    if len(digits) >= 3 or digits.startswith("0"):
+        readings.append(_digit_words(digits))
     return list(dict.fromkeys(readings))
 
 
 def _money_readings(
-    wholes: list[tuple[str, ...]], integer: int, fraction: str | None, units: tuple[str, str, str, str]
+    wholes: list[tuple[str, ...]], digits: str, fraction: str | None, units: tuple[str, str, str, str]
 ) -> list[tuple[str, ...]]:
     """Spoken forms of an amount: twenty five dollars (and) fifty cents, or twenty five fifty."""
     unit_one, unit_many, sub_one, sub_many = units
-    unit = unit_one if integer == 1 else unit_many
-    if not fraction or int(fraction) == 0:
+    unit = unit_one if digits.lstrip("0") == "1" else unit_many
+    if not fraction or not fraction.strip("0"):
         return [(*whole, unit) for whole in wholes]
     if len(fraction) != 2:
         return [(*whole, "point", *_digit_words(fraction), unit_many) for whole in wholes]
-    cents = _words(num2words(int(fraction)))
+    cents = _words(number_words(int(fraction)))
     cents_spoken = (*cents, sub_one if int(fraction) == 1 else sub_many)
-    readings = [cents_spoken] if integer == 0 else []
+    readings = [cents_spoken] if not digits.strip("0") else []
     for whole in wholes:
         readings += [(*whole, unit, "and", *cents_spoken), (*whole, unit, *cents_spoken), (*whole, *cents)]
     return readings
 
 
 def _digit_words(digits: str) -> tuple[str, ...]:
-    return tuple(num2words(int(digit)) for digit in digits)
+    return tuple(digit_words(digits).split())
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -47,6 +47,10 @@ class SynthesisParams:
     disable_watermark: bool = True
 
 
+# The SynthesisParams fields that tune a sampler: a request may set them only where the engine has one.
+SAMPLING_FIELDS = ("exaggeration", "cfg_weight", "temperature", "min_p", "top_p", "repetition_penalty")
+
+
 @dataclass(frozen=True)
 class ConversionParams:
     """Per-window voice-conversion settings. ``seed`` is concrete (the ingress resolves 0): it seeds
@@ -66,6 +70,9 @@ class EngineInfo:
     sample_rate: int
     supports_cloning: bool
     details: dict[str, object] = field(default_factory=dict)
+    # The sampling fields of SynthesisParams this engine applies; a request setting another is
+    # refused (Piper has no sampler: temperature there would be silently ignored).
+    sampling_fields: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.clip import AudioClip
 from pipeline.devices import DeviceView, Placement, place
-from pipeline.engines.base import EngineInfo, SynthesisParams, VoiceRef
+from pipeline.engines.base import SAMPLING_FIELDS, EngineInfo, SynthesisParams, VoiceRef
 from pipeline.engines.chatterbox_cache import ConditioningCache
 from pipeline.engines.chatterbox_loading import find_checkpoint, resolve_checkpoint
 from pipeline.engines.t3_scheduler import BatchLimits, DecodeJob, T3Scheduler
@@ -197,6 +197,7 @@ class ChatterboxEngine:
             device=str(device),
             sample_rate=SAMPLE_RATE,
             supports_cloning=True,
+            sampling_fields=SAMPLING_FIELDS,  # all reach T3's sampler (t3_batching.py) or its conditioning
             details={
                 "checkpoint": str(directory),
                 "t3_dtype": str(t3_dtype).removeprefix("torch."),

@@ -190,3 +190,63 @@ def test_an_actor_the_cluster_does_not_know_counts_as_dead_only_when_ray_said_it
 
     assert asyncio.run(replica_fate(died(), Unknown(["DEAD"]), 0.1)) is Fate.REPLICA_DIED
     assert asyncio.run(replica_fate(unavailable(), Unknown(["DEAD"]), 0.1)) is Fate.UNKNOWN
+
+
+class StreamingMethod:
+    """A streaming stage method: fails as told, then yields its blocks."""
+
+    def __init__(self, failures: list[Exception], blocks: list[str]):
+        self.failures, self.blocks = list(failures), blocks
+
+    def remote(self, *args):
+        failure = self.failures.pop(0) if self.failures else None
+
+        async def items():
+            if failure is not None:
+                raise failure
+            for block in self.blocks:
+                yield block
+
+        return items()
+
+
+class StreamingHandle:
+    deployment_name = "TTS"
+
+    def __init__(self, method: StreamingMethod):
+        self.synthesize_stream = method
+
+    def options(self, stream: bool):
+        return self
+
+
+def timed_calls(cluster: FakeCluster) -> tuple[StageCalls, list[tuple[str, float]]]:
+    timings: list[tuple[str, float]] = []
+    calls = StageCalls(POLICY, 2, cluster, on_latency=lambda method, sec: timings.append((method, sec)))
+    return calls, timings
+
+
+def test_each_call_that_returns_is_timed_once_by_its_method_retries_included():
+    calls, timings = timed_calls(FakeCluster(["DEAD"], node_alive=False))
+    assert asyncio.run(calls(FakeHandle(FlakyMethod([died()])), "synthesize")("text")) == ("ok", "text")
+    assert [method for method, _ in timings] == ["synthesize"]
+    assert timings[0][1] >= 0
+
+
+def test_a_call_that_fails_is_not_timed():
+    calls, timings = timed_calls(FakeCluster(["ALIVE"]))
+    with pytest.raises(InvalidRequest):
+        asyncio.run(calls(FakeHandle(FlakyMethod([InvalidRequest("bad", param="text")])), "synthesize")("x"))
+    assert timings == []
+
+
+def test_a_stream_is_timed_once_when_its_last_item_is_out():
+    calls, timings = timed_calls(FakeCluster(["DEAD"], node_alive=False))
+
+    async def collect() -> list[str]:
+        handle = StreamingHandle(StreamingMethod([died()], ["block 0", "block 1"]))
+        stream = calls.stream(handle, "synthesize_stream")
+        return [block async for block in stream("text")]
+
+    assert asyncio.run(collect()) == ["block 0", "block 1"]
+    assert [method for method, _ in timings] == ["synthesize_stream"]

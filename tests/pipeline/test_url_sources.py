@@ -286,15 +286,20 @@ def test_every_resolved_address_must_pass() -> None:
 
 
 def test_slow_resolver_counts_against_the_deadline() -> None:
+    released = threading.Event()
+
     def hanging(host: str, port: int) -> list[IPAddress]:
-        time.sleep(3.0)
+        released.wait(30.0)
         return [LOOPBACK]
 
     fetcher = UrlFetcher(enabled_policy(timeout_sec=0.5), resolve=hanging, address_allowed=lambda a, p: True)
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout):
-        fetcher.fetch("http://audio.test/voice.wav", PARAM)
-    assert time.monotonic() - started < 1.5
+    try:
+        with pytest.raises(UpstreamTimeout):
+            fetcher.fetch("http://audio.test/voice.wav", PARAM)
+        # The fetch gave up while the resolver was still hanging: it did not wait for it.
+        assert not released.is_set()
+    finally:
+        released.set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,10 +616,9 @@ def test_declared_length_over_max_bytes_is_refused_before_reading(serve: Callabl
 
     server = serve({"/big.wav": declares_huge})
     fetcher, _ = fetcher_for(server, max_bytes=1024 * 1024, timeout_sec=5.0)
-    started = time.monotonic()
+    # Reading the body would hang until the 5 s deadline and raise UpstreamTimeout instead.
     with pytest.raises(PayloadTooLarge):
         fetcher.fetch(server.url("/big.wav"), PARAM)
-    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize(("size", "fetched"), [(4096, True), (4097, False)])
@@ -666,10 +670,9 @@ def drip(header_lines: list[bytes], drip_headers: bool) -> Route:
 def test_slow_drip_hits_the_total_deadline(serve: Callable[..., LocalServer], route: Route) -> None:
     server = serve({"/slow.wav": route})
     fetcher, _ = fetcher_for(server, timeout_sec=1.0)
-    started = time.monotonic()
+    # Each byte comes within any per-read timeout; only a total deadline stops the 40 s drip.
     with pytest.raises(UpstreamTimeout) as timed_out:
         fetcher.fetch(server.url("/slow.wav"), PARAM)
-    assert time.monotonic() - started < 1.0 + 1.0
     assert (timed_out.value.status_code, timed_out.value.param) == (504, PARAM)
 
 

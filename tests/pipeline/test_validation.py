@@ -141,6 +141,43 @@ def test_one_wrong_word_in_a_ten_word_chunk_passes_the_default_threshold_two_do_
     assert score_transcript(expected, "the bat sat on the hat by the front door") < DEFAULT_PASS_THRESHOLD
 
 
+@pytest.mark.parametrize(
+    ("expected", "transcript"),
+    [
+        ("Card 12345678901234567890123.", "Card 12345678901234567890123."),
+        ("It is 1e400 big.", "It is 1E400 big."),
+        ("A googol is 1" + "0" * 100 + ".", "A googol is 1" + "0" * 100 + "."),
+        ("Huge 1" + "0" * 400 + " and 9" + "9" * 5000, "Huge 1" + "0" * 400 + " and 9" + "9" * 5000),
+        ("An ID of 9" + "9" * 5000, "An ID of 9" + "9" * 5000),
+        ("Pi is 3." + "1" * 5000, "Pi is 3." + "1" * 5000),
+        ("$" + "9" * 400 + ".5 and 1" + "0" * 400 + "th", "$" + "9" * 400 + ".5 and 1" + "0" * 400 + "th"),
+    ],
+)
+def test_huge_numbers_and_long_digit_runs_score_without_raising(expected, transcript):
+    """num2words overflows above 10**300 and int() refuses 4300+ digits: neither may fail a request."""
+    assert score_transcript(expected, transcript) == 1.0
+    assert score_transcript(expected, "something else") < 0.5
+
+
+def test_a_long_digit_run_matches_its_digit_by_digit_reading():
+    spoken = "card one two three four five six seven eight nine zero one two three four five six seven"
+    assert score_transcript(spoken, "Card 1234567890123456 7.") == 1.0
+    assert (
+        score_transcript("call five five five, one two three, four five six seven", "Call 555-123-4567.")
+        == 1.0
+    )
+    digits = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero"]
+    assert normalize_words("12345678901234567890") == digits * 2
+
+
+def test_what_the_voice_was_asked_to_say_matches_whisper_symbols():
+    assert (
+        score_transcript("write to jane dot doe at example dot com", "Write to jane.doe@example.com") == 1.0
+    )
+    assert score_transcript("r and d plus q a", "R&D + QA") == 1.0
+    assert score_transcript("the f b i paid", "The FBI paid") == 1.0
+
+
 def test_empty_sides():
     assert score_transcript("", "") == 1.0
     assert score_transcript("...", "") == 1.0

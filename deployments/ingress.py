@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -34,14 +33,14 @@ from deployments.responses import (
 from deployments.security import SecurityPolicy, install_security
 from deployments.vc_routes import VCRoutes
 from deployments.vc_routes import router as vc_router
-from pipeline.admission import AdmissionGate
+from pipeline.admission import AdmissionGate, DrainingGate
 from pipeline.audio import FILE_EXTENSIONS, MEDIA_TYPES, StreamingEncoder
 from pipeline.clip import AudioClip
 from pipeline.concurrency import within, within_time
 from pipeline.conversion import VoiceConversionPipeline
 from pipeline.conversion_serving import ConversionService
 from pipeline.engines.base import EngineInfo
-from pipeline.errors import Overloaded, ServiceError, unwrapped
+from pipeline.errors import ServiceError, unwrapped
 from pipeline.graph import ChunkOutcome, TTSPipeline
 from pipeline.library import AudioLibrary, LibraryKind
 from pipeline.outputs import OutputStore
@@ -176,33 +175,6 @@ def _admission_gate(config: AdmissionConfig, on_change: Callable[[], None]) -> A
     )
 
 
-class _DrainingGate:
-    """Admission on an ingress replica that is stopping (user_config ``draining: true``, set by the
-    launcher on SIGTERM): every new synthesis request is refused with 503 SERVER_DRAINING and a
-    Retry-After, while the requests admitted before finish in the gate that let them in."""
-
-    def __init__(self, admitted: AdmissionGate, retry_after_sec: int) -> None:
-        self.admitted = admitted
-        self._retry_after_sec = retry_after_sec
-        self.refused = 0
-
-    async def acquire(self) -> None:
-        self.refused += 1
-        raise Overloaded(
-            f"the server is stopping and takes no new requests; retry in {self._retry_after_sec} s",
-            retry_after_sec=self._retry_after_sec,
-            code="SERVER_DRAINING",
-        )
-
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        await self.acquire()
-        yield  # never reached: a draining replica admits nothing
-
-    def snapshot(self) -> dict[str, Any]:
-        return {**self.admitted.snapshot(), "draining": True, "refused_draining": self.refused}
-
-
 def _plain(value: Any) -> str:
     """Serve's status enums as their plain names (str() of a str-Enum gives 'Class.NAME')."""
     return str(getattr(value, "value", value))
@@ -319,8 +291,8 @@ class Ingress(LibraryRoutes, VCRoutes):
         )
         if not user_config.get("draining"):
             self._admission = _admission_gate(admission, self._publish_admission)
-        elif not isinstance(self._admission, _DrainingGate):
-            self._admission = _DrainingGate(self._admission, admission.retry_after_sec)
+        elif not isinstance(self._admission, DrainingGate):
+            self._admission = DrainingGate(self._admission, admission.retry_after_sec)
             snapshot = self._admission.admitted.snapshot()
             logger.info(
                 "draining: new synthesis requests are refused; %d running, %d waiting finish first",
@@ -367,7 +339,7 @@ class Ingress(LibraryRoutes, VCRoutes):
         stage lists its running replicas (node, device, assigned GPUs) and whether they agree.
         A replica that is stopping answers 503 ``draining`` at once, so load balancers stop sending.
         """
-        if isinstance(self._admission, _DrainingGate):
+        if isinstance(self._admission, DrainingGate):
             return JSONResponse(
                 status_code=503,
                 content={"status": "draining", "version": VERSION, "admission": self._admission.snapshot()},

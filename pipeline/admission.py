@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from pipeline.errors import Overloaded
 
@@ -84,3 +85,30 @@ class AdmissionGate:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
+
+
+class DrainingGate:
+    """Admission on an ingress replica that is stopping (user_config ``draining: true``, set by the
+    launcher on SIGTERM): every new synthesis request is refused with 503 SERVER_DRAINING and a
+    Retry-After, while the requests admitted before finish in the gate that let them in."""
+
+    def __init__(self, admitted: AdmissionGate, retry_after_sec: int) -> None:
+        self.admitted = admitted
+        self._retry_after_sec = retry_after_sec
+        self.refused = 0
+
+    async def acquire(self) -> None:
+        self.refused += 1
+        raise Overloaded(
+            f"the server is stopping and takes no new requests; retry in {self._retry_after_sec} s",
+            retry_after_sec=self._retry_after_sec,
+            code="SERVER_DRAINING",
+        )
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        await self.acquire()
+        yield  # never reached: a draining replica admits nothing
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.admitted.snapshot(), "draining": True, "refused_draining": self.refused}

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from pipeline.audio import FILE_EXTENSIONS
-from pipeline.errors import NotFound
+from pipeline.errors import InvalidRequest, NotFound
 
 _FOLDER_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
@@ -53,7 +53,11 @@ class OutputStore:
 
     @staticmethod
     def _folder_parts(folder: str | None) -> list[str]:
-        return folder_parts(folder) if folder else []
+        # Request schemas check folders before any work; this keeps the store safe on its own.
+        try:
+            return folder_parts(folder) if folder else []
+        except ValueError as error:
+            raise InvalidRequest(str(error), param="project") from error
 
 
 def folder_parts(folder: str) -> list[str]:

@@ -148,7 +148,10 @@ class LocalDirectoryStore:
     def staged_file(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A new file in the store's staging folder (same filesystem as the data, so committing it is
         one atomic rename); removed on exit unless it was committed."""
-        staged = self.root / STAGING_DIR / f"{uuid.uuid4().hex}.part"
+        staging = self.root / STAGING_DIR
+        # Made again if someone cleaned the data folder under a running server (a 500 otherwise).
+        staging.mkdir(exist_ok=True)
+        staged = staging / f"{uuid.uuid4().hex}.part"
         try:
             with staged.open("xb") as stream:
                 yield staged, stream

@@ -176,7 +176,7 @@ def test_vc_of_an_uploaded_file_returns_audio_of_its_length(cbx):
         ({"data": {"seed": "1"}, "files": {"other": ("a.txt", b"x", "text/plain")}}, 400, "other"),
         (
             {"content": b"input_audio_source=x", "headers": {"content-type": "text/plain"}},
-            400,
+            415,
             "content-type",
         ),
     ],

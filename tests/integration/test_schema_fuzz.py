@@ -121,13 +121,13 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {
         path.relative_to(root).as_posix(): path.read_bytes()
         for path in root.rglob("*")
-        if path.is_file() and ".locks" not in path.parts
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
     }
 
 
 def _restore(root: Path, files: dict[str, bytes]) -> None:
     for child in root.iterdir():
-        if child.name == ".locks":
+        if child.name.startswith("."):  # the store's own .staging and .locks
             continue
         if child.is_dir():
             shutil.rmtree(child)

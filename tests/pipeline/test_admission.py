@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.admission import AdmissionGate
+from pipeline.admission import AdmissionGate, DrainingGate
 from pipeline.errors import Overloaded
 
 
@@ -64,3 +64,33 @@ def test_a_request_that_fails_or_is_cancelled_frees_its_slot():
 
     asyncio.run(scenario())
     assert gate.snapshot()["active"] == 0
+
+
+def test_a_draining_gate_refuses_new_requests_while_admitted_ones_finish_in_the_old_gate():
+    gate = AdmissionGate(max_active=2, max_waiting=2, retry_after_sec=5)
+    release = asyncio.Event()
+
+    async def admitted() -> None:
+        async with gate.admit():
+            await release.wait()
+
+    async def scenario() -> tuple[Overloaded, dict, dict]:
+        running = asyncio.create_task(admitted())
+        await asyncio.sleep(0.01)
+        draining = DrainingGate(gate, retry_after_sec=5)
+        with pytest.raises(Overloaded) as refused:
+            async with draining.admit():
+                raise AssertionError("a draining gate admits nothing")
+        during = draining.snapshot()
+        release.set()
+        await running
+        return refused.value, during, draining.snapshot()
+
+    refused, during, after = asyncio.run(scenario())
+    assert (refused.status_code, refused.code, refused.headers()) == (
+        503,
+        "SERVER_DRAINING",
+        {"Retry-After": "5"},
+    )
+    assert during["active"] == 1 and during["draining"] is True and during["refused_draining"] == 1
+    assert after["active"] == 0

@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from pathlib import Path, PurePosixPath
 
@@ -70,6 +71,13 @@ def test_store_refuses_keys_through_symlinks_out_of_the_root(tmp_path):
     with pytest.raises(InvalidRequest):
         store.write_bytes(PurePosixPath("link/evil.json"), b"{}")
     assert not list(outside.iterdir())
+
+
+def test_a_library_whose_hidden_folders_were_cleaned_away_still_takes_uploads(library):
+    shutil.rmtree(library.store.root / STAGING_DIR)
+    shutil.rmtree(library.store.root / ".locks")
+    entry = library.add(io.BytesIO(tone()), "take.wav", name="Anna")
+    assert library.store.exists(PurePosixPath(entry.filename))
 
 
 def test_add_writes_audio_and_sidecar_and_nothing_else(library):

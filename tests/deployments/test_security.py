@@ -17,15 +17,10 @@ import pytest
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-import deployments.security as security
+import deployments.api_keys as api_keys
+from deployments.api_keys import KeyRing, keys_from_env, keys_from_file
 from deployments.http_errors import install_error_handlers
-from deployments.security import (
-    KeyRing,
-    SecurityPolicy,
-    install_security,
-    keys_from_env,
-    keys_from_file,
-)
+from deployments.security import SecurityPolicy, install_security
 from deployments.uploads import read_upload_form
 from pipeline.settings import AppSettings
 
@@ -144,13 +139,13 @@ def test_a_key_keeps_only_its_digest() -> None:
 
 def test_every_key_is_compared_in_constant_time_with_no_early_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = security.hmac.compare_digest
+    real = api_keys.hmac.compare_digest
 
     def counting(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(security.hmac, "compare_digest", counting)
+    monkeypatch.setattr(api_keys.hmac, "compare_digest", counting)
     keys = KeyRing(keys_from_env(f"alice:{ALICE},ci:{CI},speaker:{SPEAKER}", "KEYS"), None)
     assert keys.match(ALICE).name == "alice"  # the first key: the other two are still compared
     assert len(compared) == 3
@@ -216,10 +211,10 @@ def test_a_changed_keys_file_is_reread_and_a_broken_one_keeps_the_old_keys(tmp_p
     keys = KeyRing((), keys_file, clock=lambda: now[0])
     keys_file.write_text(f"ci:{CI}\n")
     assert keys.match(CI) is None, "not re-checked before KEYS_FILE_RECHECK_SEC"
-    now[0] += security.KEYS_FILE_RECHECK_SEC
+    now[0] += api_keys.KEYS_FILE_RECHECK_SEC
     assert keys.match(CI).name == "ci" and keys.match(ALICE) is None
     keys_file.write_text("ci:short\n")
-    now[0] += security.KEYS_FILE_RECHECK_SEC
+    now[0] += api_keys.KEYS_FILE_RECHECK_SEC
     assert keys.match(CI).name == "ci"
 
 

@@ -13,15 +13,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
-from ray.serve.schema import ServeDeploySchema
 
 from pipeline.audio import decode_audio
-from tests.conftest import app_config
+from tests.conftest import app_config, with_ingress_user_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +34,6 @@ SENTENCE = "The keys are checked before anything else."
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def with_ingress_user_config(config: ServeDeploySchema, extra: dict[str, Any]) -> ServeDeploySchema:
-    raw = config.model_dump(exclude_unset=True)
-    for deployment in raw["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress":
-            deployment["user_config"] = {**deployment.get("user_config", {}), **extra}
-    return ServeDeploySchema.model_validate(raw)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_sec: float = 60) -> None:

@@ -11,10 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from ray.serve.schema import ServeDeploySchema
 
 from pipeline.audio import decode_audio
-from tests.conftest import app_config
+from tests.conftest import app_config, with_ingress_user_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +25,8 @@ TEXT = (
 )
 
 
-def with_admission(config: ServeDeploySchema, admission: dict | None) -> ServeDeploySchema:
-    raw = config.model_dump(exclude_unset=True)
-    for deployment in raw["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress":
-            deployment["user_config"] = {**deployment["user_config"], "admission": admission or {}}
-    return ServeDeploySchema.model_validate(raw)
+def with_admission(config, admission: dict | None):
+    return with_ingress_user_config(config, {"admission": admission or {}})
 
 
 def wait_for_admission(client: httpx.Client, max_active: int) -> None:

@@ -28,10 +28,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-from ray.serve.schema import ServeDeploySchema
 
 from pipeline.audio import decode_audio
-from tests.conftest import app_config
+from tests.conftest import app_config, with_ingress_user_config
 
 pytestmark = pytest.mark.slow
 
@@ -1114,15 +1113,6 @@ def test_after_the_battery_the_service_speaks_and_lost_nothing(client, probe_voi
 
 
 # Helpers.
-
-
-def with_ingress_user_config(config: ServeDeploySchema, extra: dict[str, Any]) -> ServeDeploySchema:
-    """``config`` with ``extra`` merged into the Ingress deployment's user_config."""
-    raw = config.model_dump(exclude_unset=True)
-    for deployment in raw["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress":
-            deployment["user_config"] = {**deployment.get("user_config", {}), **extra}
-    return ServeDeploySchema.model_validate(raw)
 
 
 def _tone_wav(seconds: float) -> bytes:

@@ -1,10 +1,14 @@
-"""The content type a JSON route takes, checked before its body is validated."""
+"""The content types routes take: JSON (checked before a JSON route validates its body) and multipart."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
 from pipeline.errors import UnsupportedMediaType
+
+
+def is_multipart(content_type: str) -> bool:
+    return content_type.startswith("multipart/form-data")
 
 
 def is_json(content_type: str) -> bool:

@@ -83,7 +83,12 @@ def stop_gracefully(
 
 
 def draining_config(config: ServeDeploySchema) -> ServeDeploySchema:
-    """The same config with ``draining: true`` added to every app's Ingress user_config.
+    """The same config with ``draining: true`` added to every app's Ingress user_config."""
+    return with_ingress_user_config(config, {"draining": True})
+
+
+def with_ingress_user_config(config: ServeDeploySchema, extra: dict[str, Any]) -> ServeDeploySchema:
+    """The same config with ``extra`` merged into every app's Ingress user_config.
 
     Only a user_config changes, so Serve calls ``Ingress.reconfigure`` on the running replicas in
     place (nothing restarts, no other deployment is touched).
@@ -95,7 +100,7 @@ def draining_config(config: ServeDeploySchema) -> ServeDeploySchema:
         if ingress is None:
             ingress = {"name": INGRESS_DEPLOYMENT}
             deployments.append(ingress)
-        ingress["user_config"] = {**(ingress.get("user_config") or {}), "draining": True}
+        ingress["user_config"] = {**(ingress.get("user_config") or {}), **extra}
     return ServeDeploySchema.model_validate(raw)
 
 

@@ -168,7 +168,7 @@ class SpeechMetrics:
         chunk took are its candidates over that.
         """
         tags = {"endpoint": endpoint, "engine": engine}
-        self._requests.inc(tags=tags)
+        self._answered(tags, audio_sec, processing_sec, latency_sec)
         self._chunks.inc(len(chunks), tags=tags)
         self._candidates.inc(sum(chunk.attempts for chunk in chunks), tags=tags)
         failed = sum(not chunk.passed for chunk in chunks)
@@ -179,18 +179,20 @@ class SpeechMetrics:
             self._chunk_retries.observe(math.ceil(chunk.attempts / candidates_per_round) - 1, tags=tags)
             if chunk.chosen.score is not None:
                 self._scores.observe(chunk.chosen.score, tags=tags)
-        self._audio_seconds.inc(audio_sec, tags=tags)
-        self._latency.observe(latency_sec, tags=tags)
-        if audio_sec > 0:
-            self._rtf.observe(processing_sec / audio_sec, tags=tags)
 
     def record_conversion(
         self, engine: str, windows: int, audio_sec: float, *, processing_sec: float, latency_sec: float
     ) -> None:
         """One answered voice conversion (endpoint "vc"): its windows, the audio returned, its times."""
         tags = {"endpoint": "vc", "engine": engine}
-        self._requests.inc(tags=tags)
+        self._answered(tags, audio_sec, processing_sec, latency_sec)
         self._vc_windows.inc(windows, tags=tags)
+
+    def _answered(
+        self, tags: dict[str, str], audio_sec: float, processing_sec: float, latency_sec: float
+    ) -> None:
+        """What every answered request records, whatever its endpoint: count, audio, times."""
+        self._requests.inc(tags=tags)
         self._audio_seconds.inc(audio_sec, tags=tags)
         self._latency.observe(latency_sec, tags=tags)
         if audio_sec > 0:

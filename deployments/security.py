@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.api_keys import KeyRing, key_ring
+from deployments.content_types import is_multipart
 from deployments.http_errors import error_response
 from pipeline.errors import Forbidden, PayloadTooLarge, RequestTimeout, ServiceError, Unauthorized
 from pipeline.settings import AppSettings, AuthConfig, CorsConfig, LimitsConfig
@@ -190,7 +191,7 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         policy = self._policy()
-        if headers.get("content-type", "").startswith("multipart/form-data"):
+        if is_multipart(headers.get("content-type", "")):
             await self._streamed(scope, receive, send, policy.body_timeout_sec)
             return
         declared = headers.get("content-length", "")

@@ -7,6 +7,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from deployments.content_types import is_multipart
 from pipeline.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 # Room for the form's text fields and multipart framing on top of the file itself.
@@ -39,7 +40,7 @@ class _LimitedMultiPartParser(MultiPartParser):
 async def read_upload_form(request: Request, file_field: str, max_file_bytes: int) -> FormData:
     """The request's multipart form; the caller closes it (``await form.close()``)."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not is_multipart(content_type):
         raise UnsupportedMediaType(
             f"send multipart/form-data with the audio in {file_field!r} (got {content_type!r})",
             param="content-type",

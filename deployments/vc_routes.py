@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from deployments.content_types import is_json
+from deployments.content_types import is_json, is_multipart
 from deployments.http_errors import validate_body
 from deployments.library_routes import form_fields, uploaded_file
 from deployments.metrics import SpeechMetrics
@@ -95,7 +95,7 @@ class VCRoutes:
         arrived = time.perf_counter()
         audio_wanted = wants_audio(response_mode)
         content_type = http_request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
+        if is_multipart(content_type):
             options, source = await self._multipart_request(http_request)
         elif is_json(content_type):
             options, source = await self._json_request(http_request)

@@ -79,12 +79,13 @@ class SpeechService:
         self.defaults = defaults
 
     async def native_job(self, request: TTSRequest, formats: tuple[str, ...]) -> TTSJob:
-        await self._check_text(request.text, "text")
+        engine = await self._engine_info()
+        self._check_text(request.text, "text", engine)
         self._check_generations(request)
-        await self._check_sampling(request)
+        self._check_sampling(request, engine)
         resolved = await self._load_voice(request.reference_audio_filename, "reference_audio_filename")
         voice = resolved.voice if resolved else None
-        await self._check_capabilities(voice, "reference_audio_filename")
+        self._check_capabilities(voice, "reference_audio_filename", engine)
         if resolved and resolved.default_parameters:
             request = with_voice_defaults(request, resolved.default_parameters)
         validate = not request.bypass_whisper_checking
@@ -143,10 +144,11 @@ class SpeechService:
         )
 
     async def openai_job(self, request: OpenAISpeechRequest) -> TTSJob:
-        await self._check_text(request.input, "input")
+        engine = await self._engine_info()
+        self._check_text(request.input, "input", engine)
         resolved = await self._openai_voice(request.voice)
         voice = resolved.voice if resolved else None
-        await self._check_capabilities(voice, "voice")
+        self._check_capabilities(voice, "voice", engine)
         defaults = dict(resolved.default_parameters) if resolved else {}
         speed = defaults.pop("speed_factor", request.speed)
         if "speed" in request.model_fields_set:
@@ -157,7 +159,6 @@ class SpeechService:
             validate=self.defaults.openai_validate,
             threshold=self.defaults.validation_threshold,
         )
-        engine = await self._engine_info()
         return TTSJob(
             text=request.input,
             text_options=TextOptions(text_param="input"),
@@ -191,7 +192,7 @@ class SpeechService:
             processing_time_sec=time.perf_counter() - started,
         )
 
-    async def _check_text(self, text: str, param: str) -> None:
+    def _check_text(self, text: str, param: str, engine: EngineInfo) -> None:
         """Too long, nothing but invisible characters, or in a script the engine cannot speak:
         refused before any work is queued."""
         if len(text) > self._max_text_chars:
@@ -201,7 +202,6 @@ class SpeechService:
             )
         if not clean_characters(text).strip():
             raise InvalidField(f"{param} has only control or invisible characters", param=param)
-        engine = await self._engine_info()
         check_script(text, param, engine=f"{engine.name}, {engine.model}")
 
     def _check_generations(self, request: TTSRequest) -> None:
@@ -214,9 +214,8 @@ class SpeechService:
                 param="num_candidates_per_chunk",
             )
 
-    async def _check_sampling(self, request: TTSRequest) -> None:
+    def _check_sampling(self, request: TTSRequest, engine: EngineInfo) -> None:
         """A sampling field the active engine has no use for is refused, not silently ignored."""
-        engine = await self._engine_info()
         unused = [
             name
             for name in SAMPLING_FIELDS
@@ -240,8 +239,7 @@ class SpeechService:
         # File reading and decoding stay off the ingress's event loop, which serves every request.
         return None if name is None else await asyncio.to_thread(self._sources.voice, name, param)
 
-    async def _check_capabilities(self, voice: VoiceRef | None, param: str) -> None:
-        engine = await self._engine_info()
+    def _check_capabilities(self, voice: VoiceRef | None, param: str, engine: EngineInfo) -> None:
         if voice is not None and not engine.supports_cloning:
             raise UnsupportedCapability(
                 f"voice cloning needs the Chatterbox engine; the active engine is '{engine.name}' "

@@ -90,17 +90,6 @@ def app_config(port: int, data_dirs: dict[str, Path], **args_override):
     )
 
 
-def with_ingress_user_config(config, extra: dict):
-    """``config`` with ``extra`` merged into the Ingress deployment's user_config (applied in place)."""
-    from ray.serve.schema import ServeDeploySchema
-
-    raw = config.model_dump(exclude_unset=True)
-    for deployment in raw["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress":
-            deployment["user_config"] = {**deployment.get("user_config", {}), **extra}
-    return ServeDeploySchema.model_validate(raw)
-
-
 @pytest.fixture(scope="session")
 def piper_app(serve_apps: ServeApps, data_dirs: dict[str, Path]) -> str:
     """The offline default app, engine pinned to Piper."""

@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from deployments.graceful_stop import with_ingress_user_config
 from pipeline.audio import decode_audio
-from tests.conftest import app_config, with_ingress_user_config
+from tests.conftest import app_config
 
 pytestmark = pytest.mark.slow
 
